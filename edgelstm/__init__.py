@@ -1,0 +1,4 @@
+"""edgelstm: LSTM models from the workstation to small Linux devices."""
+
+__version__ = "0.1.0"
+

@@ -1,0 +1,114 @@
+"""Bundles: one directory with the step models, ``manifest.json`` and the fidelity report.
+
+The manifest says everything the runtime needs without opening a framework: the input
+features and their normalisation, the state tensors (names, shapes, dtypes, quantization),
+the outputs, and for each model file its format, quantization, tensor indices and
+sha256. Loading checks the schema version and every file's hash and names any mismatch.
+JSON only: loading a bundle never executes code.
+
+This module imports only the standard library and numpy (the runtime uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BundleError
+
+SCHEMA = "edgelstm.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path, data) -> None:
+    """Write JSON through a temporary file, fsync and rename: never a half-written file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path, verify: bool = True) -> "Bundle":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not path.is_dir():
+            raise BundleError(f"{path}: not a bundle directory")
+        if not manifest_path.exists():
+            raise BundleError(f"{path}: no {MANIFEST}; not an edgelstm bundle")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path}: damaged manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise BundleError(f"{manifest_path}: not an edgelstm manifest (schema field missing)")
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{manifest_path}: schema version {version}, this edgelstm reads version {SCHEMA_VERSION}; "
+                "convert the model again with this version"
+            )
+        for field in ("input", "outputs", "state", "models"):
+            if field not in manifest:
+                raise BundleError(f"{manifest_path}: field '{field}' missing")
+        bundle = cls(path, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Check every listed file exists and has the recorded sha256."""
+        for entry in self.manifest["models"] + self.manifest.get("files", []):
+            file_path = self.path / entry["file"]
+            if not file_path.exists():
+                raise BundleError(f"{self.path}: {entry['file']} is listed in the manifest but missing")
+            actual = sha256_of(file_path)
+            if actual != entry["sha256"]:
+                raise BundleError(
+                    f"{self.path}: {entry['file']} was changed or damaged "
+                    f"(sha256 {actual[:12]}..., manifest says {entry['sha256'][:12]}...)"
+                )
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.get("bundle_id", "")
+
+    def models(self, fmt: str | None = None, quant: str | None = None) -> list:
+        return [
+            m
+            for m in self.manifest["models"]
+            if (fmt is None or m["format"] == fmt) and (quant is None or m["quant"] == quant)
+        ]
+
+    def model(self, fmt: str, quant: str) -> dict:
+        found = self.models(fmt, quant)
+        if not found:
+            have = ", ".join(f"{m['format']}/{m['quant']}" for m in self.manifest["models"])
+            raise BundleError(f"{self.path}: no {fmt} {quant} model in this bundle (it has {have})")
+        return found[0]
+
+    def file(self, entry: dict) -> Path:
+        return self.path / entry["file"]

@@ -1,0 +1,155 @@
+"""The ``edgelstm`` command line.
+
+Every subcommand exits 0 on success and, on a user error, prints one line
+``edgelstm: error: <what, where>`` to stderr and exits 2. ``--json`` prints a
+machine-readable result on stdout instead of tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EdgeLSTMError
+
+
+def _csv_list(text: str) -> list:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a trained LSTM model into a bundle of int8 step models")
+    p.add_argument("model", type=Path, help="Keras 3 .keras archive or Keras 2 HDF5 file")
+    p.add_argument("--calibration", required=True, type=Path, help=".npy/.npz/.csv/C-MAPSS .txt or a recipe .json")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    p.add_argument("--target", default="x86_64", help="device profile from targets/ (default x86_64)")
+    p.add_argument("--formats", type=_csv_list, help="comma list of tflite,onnx (default: the target's)")
+    p.add_argument("--quant", type=_csv_list, help="comma list of int8,float16,float32,int16x8 or 'all'")
+    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="fit this on the calibration data")
+    p.add_argument("--scaler", type=Path, help="JSON scaler the model was trained with (overrides --normalization)")
+    p.add_argument("--features", type=_csv_list, help="feature columns (CSV) or C-MAPSS columns")
+    p.add_argument("--group", help="CSV column that groups rows into sequences")
+    p.add_argument("--eval", dest="eval_data", type=Path, help="held-out data for the report (default: a share of the calibration data)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of calibration sequences held out (default 0.2)")
+    p.add_argument("--max-samples", type=int, default=2000, help="representative steps given to the quantizers")
+    p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .convert import ConvertOptions, convert
+    from .fidelity import format_table
+    from .targets import QUANTS
+
+    quant = list(QUANTS) if args.quant == ["all"] else args.quant
+    options = ConvertOptions(
+        model=args.model,
+        calibration=args.calibration,
+        out=args.out,
+        target=args.target,
+        formats=args.formats,
+        quant=quant,
+        normalization=args.normalization,
+        scaler=args.scaler,
+        features=args.features,
+        group=args.group,
+        eval_data=args.eval_data,
+        holdout=args.holdout,
+        max_samples=args.max_samples,
+        long_steps=args.long_steps,
+        progress=not (args.quiet or args.json),
+    )
+    manifest = convert(options)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    report = json.loads((args.out / "report.json").read_text())
+    print(f"bundle {args.out} ({manifest['bundle_id']}), target {manifest['target']['name']}")
+    for m in manifest["models"]:
+        line = f"  {m['file']:<24}{m['bytes']:>9} bytes  ops: {', '.join(m['ops'])}"
+        print(line)
+        if "edgetpu" in m:
+            verdict = "compatible" if m["edgetpu"]["compatible"] else "NOT compatible: " + "; ".join(m["edgetpu"]["problems"])
+            print(f"  {'':<24}Edge TPU: {verdict}")
+    for skipped in report.get("skipped", []):
+        print(f"  skipped {skipped['format']} {skipped['quant']}: {skipped['reason']}")
+    print()
+    print(format_table(report))
+    if (args.out / "report.png").exists():
+        print(f"plot: {args.out / 'report.png'}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="describe a model file, a .tflite/.onnx file or a bundle")
+    p.add_argument("path", type=Path)
+    p.add_argument("--target", help="check against a target profile (e.g. coral-usb)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from .inspect import inspect_path, format_inspection
+
+    result = inspect_path(args.path, target=args.target)
+    print(json.dumps(result, indent=2) if args.json else format_inspection(result))
+    return 0
+
+
+def _add_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list the device profiles")
+    p.set_defaults(handler=_run_targets)
+
+
+def _run_targets(args) -> int:
+    from .targets import list_targets, load_target
+
+    for name in list_targets():
+        target = load_target(name)
+        print(f"{name:<16}{target.description}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="convert the shipped C-MAPSS FD001 example model and print its report")
+    p.add_argument("--out", type=Path, default=Path("edgelstm-demo"), help="output folder (default ./edgelstm-demo)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_convert, _add_inspect, _add_targets):
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except EdgeLSTMError as exc:
+        print(f"edgelstm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgelstm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

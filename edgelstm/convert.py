@@ -1,0 +1,292 @@
+"""The converter: model file + calibration data -> a bundle of int8 step models.
+
+Order of work, each stage refusing bad input before the next starts: import the model
+(no code from it runs), load and check the calibration data, fit or read the
+normalisation, record ``(x, h, c)`` trajectories with the numpy reference, export each
+requested format and quantization, measure every export against the reference on
+held-out sequences, write the bundle. Workstation only: needs TensorFlow, onnx and
+onnxruntime (``pip install "edgelstm[convert]"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, edgetpu, fidelity
+from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
+from .calibrate import record
+from .calibration import load_calibration
+from .errors import ConversionError
+from .importers import load_network, sniff_format
+from .normalization import Normalization
+from .targets import load_target
+
+
+@dataclass
+class ConvertOptions:
+    model: Path
+    calibration: Path
+    out: Path
+    target: str = "x86_64"
+    formats: list | None = None
+    quant: list | None = None
+    normalization: str | None = None  # none | zscore | minmax; default: recipe's, else none
+    scaler: Path | None = None
+    features: list | None = None
+    group: str | None = None
+    eval_data: Path | None = None
+    holdout: float = 0.2
+    max_samples: int = 2000
+    long_steps: int = fidelity.LONG_STREAM_STEPS
+    seed: int = 0
+    progress: bool = True
+    extra_manifest: dict = field(default_factory=dict)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are optional
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quiet_native_output():
+    """Silence the C++ converter's prints on fd 1 and 2 (Python exceptions still propagate)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _tool_versions() -> dict:
+    versions = {"edgelstm": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for module in ("tensorflow", "keras", "onnx", "onnxruntime", "h5py"):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            versions[module] = getattr(loaded, "__version__", "?")
+    return versions
+
+
+def _tflite_tensors(path) -> tuple:
+    """Tensor details (by signature name) and op names of a TFLite model, as the runtime sees them."""
+    from .runtime.steppers import TFLiteStepper
+
+    stepper = TFLiteStepper(path)
+    tensors = {}
+    for details in (stepper.inputs, stepper.outputs):
+        for name, d in details.items():
+            scale, zero_point = d["quantization"]
+            tensors[name] = {
+                "index": int(d["index"]),
+                "dtype": np.dtype(d["dtype"]).name,
+                "shape": [int(v) for v in d["shape"]],
+                "scale": float(scale),
+                "zero_point": int(zero_point),
+            }
+    ops = stepper.interpreter._get_ops_details()
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    graph_inputs = {int(d["index"]) for d in stepper.inputs.values()}
+    constants = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - graph_inputs
+    all_tensors = [
+        {
+            "name": d["name"],
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(v) for v in d["shape"]],
+            "is_constant": int(d["index"]) in constants,
+        }
+        for d in stepper.interpreter.get_tensor_details()
+    ]
+    return tensors, stepper.ops(), all_tensors, stepper
+
+
+def convert(options: ConvertOptions, log=print) -> dict:
+    """Run the whole conversion; returns the manifest (also written into ``options.out``)."""
+    target = load_target(options.target)
+    formats = options.formats or target.formats
+    quants = options.quant or target.quant
+    network = load_network(options.model)
+    source_format = sniff_format(options.model)
+
+    calibration = load_calibration(options.calibration, features=options.features, group=options.group)
+    calibration.check(network.n_features)
+    if options.scaler:
+        normalization = Normalization.from_file(options.scaler, network.n_features)
+    else:
+        kind = options.normalization or calibration.normalization or "none"
+        normalization = Normalization.fit(kind, np.concatenate(calibration.sequences))
+    if options.eval_data:
+        calibration_part = calibration
+        held_out = load_calibration(options.eval_data, features=options.features, group=options.group)
+        held_out.check(network.n_features)
+    else:
+        calibration_part, held_out = calibration.split(options.holdout)
+    calib_sequences = [normalization.apply(s) for s in calibration_part.sequences]
+    held_sequences = [normalization.apply(s) for s in held_out.sequences]
+
+    with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
+        recording = record(network, calib_sequences, progress=bar)
+    samples = recording.samples(options.max_samples, seed=options.seed)
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("step_*"):
+        stale.unlink()
+    jobs = [(fmt, q) for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "int16x8"))]
+    models, steppers, skipped = [], {}, []
+    with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
+        for fmt, quant in jobs:
+            try:
+                entry, stepper = _export_one(network, fmt, quant, samples, recording, out, Path(scratch), target)
+            except ConversionError as exc:
+                if quant == "int16x8":  # optional: converts only where the converter supports every op
+                    skipped.append({"format": fmt, "quant": quant, "reason": str(exc)})
+                    continue
+                raise
+            finally:
+                if bar is not None:
+                    bar.update(1)
+            models.append(entry)
+            steppers[f"{fmt} {quant}"] = stepper
+
+    with _progress(len(steppers), "fidelity", options.progress) as bar:
+        report, traces = fidelity.build_report(
+            network, steppers, held_sequences, long_steps=options.long_steps, progress=bar
+        )
+    report["skipped"] = skipped
+    files = []
+    write_json_atomic(out / "report.json", report)
+    files.append({"file": "report.json", "sha256": sha256_of(out / "report.json")})
+    if fidelity.plot(report, traces, out / "report.png"):
+        files.append({"file": "report.png", "sha256": sha256_of(out / "report.png")})
+
+    source_sha = sha256_of(options.model)
+    bundle_id = hashlib.sha256("".join(m["sha256"] for m in models).encode()).hexdigest()[:16]
+    raw_all = np.concatenate(calibration.sequences).astype(np.float64)
+    manifest = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "bundle_id": bundle_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "file": Path(options.model).name,
+            "sha256": source_sha,
+            "format": source_format,
+            "notes": network.notes,
+        },
+        "network": network.describe(),
+        "input": {
+            "n_features": network.n_features,
+            "features": list(calibration.feature_names),
+            "normalization": normalization.to_json(),
+            "calibration_stats": {
+                "mean": raw_all.mean(axis=0).tolist(),
+                "std": raw_all.std(axis=0).tolist(),
+                "min": raw_all.min(axis=0).tolist(),
+                "max": raw_all.max(axis=0).tolist(),
+            },
+        },
+        "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
+        "state": [
+            {"name": name, "size": size, "layer": layer.name, "range": list(recording.state_ranges[name])}
+            for (name, size), layer in zip(
+                zip(network.state_names(), network.state_sizes()),
+                [l for l in network.lstm_layers for _ in (0, 1)],
+            )
+        ],
+        "models": models,
+        "default_model": _default_model(models, target),
+        "files": files,
+        "target": target.to_json(),
+        "conversion": {
+            "calibration": str(calibration.source),
+            "calibration_sequences": len(calibration_part.sequences),
+            "calibration_steps": recording.n_steps,
+            "representative_samples": len(samples),
+            "held_out_sequences": len(held_out.sequences),
+            "holdout": None if options.eval_data else options.holdout,
+            "seed": options.seed,
+        },
+        "tool_versions": _tool_versions(),
+    }
+    manifest.update(options.extra_manifest)
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _default_model(models: list, target) -> str | None:
+    for preference in ((target.model, "tflite"), (target.model, "onnx"), ("float32", "tflite")):
+        for m in models:
+            if (m["quant"], m["format"]) == preference:
+                return m["file"]
+    return models[0]["file"] if models else None
+
+
+def _export_one(network, fmt, quant, samples, recording, out: Path, scratch: Path, target):
+    from .export import onnx_step, tflite_step
+    from .runtime.steppers import OnnxStepper
+
+    if fmt == "tflite":
+        representative = lambda: iter(samples)  # noqa: E731
+        with quiet_native_output():
+            model = tflite_step.convert(network, quant, representative=representative, batch=target.batch)
+        if quant in ("int8", "int16x8"):
+            model = tflite_step.tie_state_quantization(model, network, recording.state_ranges)
+        path = out / f"step_{quant}.tflite"
+        path.write_bytes(model)
+        tensors, ops, all_tensors, stepper = _tflite_tensors(path)
+        entry = _entry(path, fmt, quant, target.batch, tensors, ops)
+        if quant == "int8":
+            entry["edgetpu"] = edgetpu.check(ops, all_tensors, path.stat().st_size)
+            entry["edgetpu"]["compiler_command"] = edgetpu.compiler_command(path)
+        return entry, stepper
+    if fmt == "onnx":
+        import onnx
+
+        float_model = onnx_step.build_float_model(network, batch=target.batch)
+        float_path = out / "step_float32.onnx" if quant == "float32" else scratch / "step_float32.onnx"
+        onnx.save(float_model, str(float_path))
+        if quant == "float32":
+            path = float_path
+        elif quant == "int8":
+            path = out / "step_int8.onnx"
+            with quiet_native_output():
+                onnx_step.quantize_int8(float_path, path, samples, recording.state_ranges, network)
+        else:
+            raise ConversionError(f"ONNX export supports float32 and int8, not {quant}")
+        ops = onnx_step.list_ops(onnx.load(str(path)))
+        return _entry(path, fmt, quant, target.batch, {}, ops), OnnxStepper(path)
+    raise ConversionError(f"unknown format '{fmt}'; choose tflite or onnx")
+
+
+def _entry(path: Path, fmt, quant, batch, tensors, ops) -> dict:
+    return {
+        "file": path.name,
+        "format": fmt,
+        "quant": quant,
+        "batch": batch,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        "tensors": tensors,
+        "ops": ops,
+    }

@@ -1,0 +1,35 @@
+"""Exceptions that name the problem.
+
+Every error a user can cause (a bad model file, an unsupported layer, bad calibration data,
+a damaged bundle, a bad reading) is one of these, carrying a message that names the file,
+layer, field or line. The CLI prints the message on one line and exits non-zero; it never
+shows a traceback from deep inside a framework.
+"""
+
+
+class EdgeLSTMError(Exception):
+    """Base class of every error edgelstm raises on purpose."""
+
+
+class ModelFormatError(EdgeLSTMError):
+    """The model file is missing, truncated, corrupt or of an unknown format."""
+
+
+class UnsupportedLayerError(EdgeLSTMError):
+    """The model contains a layer (or a layer option) that cannot be converted."""
+
+
+class CalibrationError(EdgeLSTMError):
+    """The calibration data cannot be used: wrong shape, wrong feature count, NaN, ..."""
+
+
+class BundleError(EdgeLSTMError):
+    """A bundle is incomplete, of another schema version, or a file in it was changed."""
+
+
+class TargetError(EdgeLSTMError):
+    """An unknown target profile, or a profile file with a bad field."""
+
+
+class ConversionError(EdgeLSTMError):
+    """The exporter could not produce a model file (the reason is in the message)."""

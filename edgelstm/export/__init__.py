@@ -1,0 +1,5 @@
+"""Exporters: a :class:`~edgelstm.network.Network` becomes step-model files.
+
+Workstation side only (TensorFlow, onnx, onnxruntime.quantization); the runtime never
+imports this package.
+"""

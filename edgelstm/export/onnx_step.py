@@ -1,0 +1,162 @@
+"""ONNX step models: a float32 step graph written with ``onnx.helper``, and its int8 QDQ form.
+
+The graph has the same inputs and outputs as the TFLite step model (``x``, ``h_k``, ``c_k``
+-> ``y``, ``h_k_out``, ``c_k_out``) and the same structure (MatMul + Add per input,
+Split, Sigmoid, Tanh, Mul, Add). Opset 17, checked with ``onnx.checker``.
+
+The int8 model is quantized by onnxruntime's static QDQ quantizer, calibrated with the
+same recorded ``(x, h, c)`` as the TFLite model. State tensors get the same range at both
+ends of the recurrence (a ``TensorQuantOverrides`` entry per tensor), like the TFLite model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..network import DenseLayer, LSTMLayer, Network
+from .tflite_step import input_names, output_names
+
+OPSET = 17
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers with unique names."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+
+        self.helper = helper
+        self.numpy_helper = numpy_helper
+        self.nodes = []
+        self.initializers = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, hint: str, array) -> str:
+        name = self.name(hint)
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def op(self, op_type: str, inputs: list, hint: str | None = None, outputs: int = 1, output_names=None, **attrs):
+        names = output_names or [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attrs))
+        return names if outputs > 1 else names[0]
+
+    def activation(self, name: str, value: str) -> str:
+        if name == "linear":
+            return value
+        if name == "relu":
+            return self.op("Relu", [value])
+        if name == "sigmoid":
+            return self.op("Sigmoid", [value])
+        if name == "tanh":
+            return self.op("Tanh", [value])
+        if name == "hard_sigmoid":
+            return self.op("HardSigmoid", [value], alpha=1.0 / 6.0, beta=0.5)
+        if name == "hard_sigmoid_keras2":
+            return self.op("HardSigmoid", [value], alpha=0.2, beta=0.5)
+        if name == "swish":
+            return self.op("Mul", [value, self.op("Sigmoid", [value])])
+        if name == "gelu":  # opset 17 has no Gelu: 0.5 x (1 + erf(x / sqrt 2))
+            scaled = self.op("Mul", [value, self.const("inv_sqrt2", np.float32(1.0 / np.sqrt(2.0)))])
+            erf_plus_one = self.op("Add", [self.op("Erf", [scaled]), self.const("one", np.float32(1.0))])
+            return self.op("Mul", [self.op("Mul", [value, erf_plus_one]), self.const("half", np.float32(0.5))])
+        if name == "softmax":
+            return self.op("Softmax", [value], axis=-1)
+        raise ConversionError(f"activation '{name}' has no ONNX mapping")
+
+
+def build_float_model(network: Network, batch: int = 1):
+    """The float32 step graph as an ``onnx.ModelProto`` (checked)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = _GraphBuilder()
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, network.n_features])]
+    outputs = []
+    value = "x"
+    lstm_index = 0
+    for layer in network.layers:
+        if isinstance(layer, LSTMLayer):
+            h, c = f"h_{lstm_index}", f"c_{lstm_index}"
+            inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, layer.units]) for n in (h, c)]
+            from_input = graph.op(
+                "Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)]
+            )
+            from_state = graph.op("MatMul", [h, graph.const(f"{layer.name}_U", layer.recurrent_kernel)])
+            z = graph.op("Add", [from_input, from_state], hint=f"{layer.name}_z")
+            i, f, g, o = graph.op("Split", [z], outputs=4, axis=1)
+            gate, act = layer.recurrent_activation, layer.activation
+            c_new = graph.op(
+                "Add",
+                [graph.op("Mul", [graph.activation(gate, f), c]), graph.op("Mul", [graph.activation(gate, i), graph.activation(act, g)])],
+                output_names=[f"{c}_out"],
+            )
+            h_new = graph.op("Mul", [graph.activation(gate, o), graph.activation(act, c_new)], output_names=[f"{h}_out"])
+            outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, layer.units]) for n in (h_new, c_new)]
+            value = h_new
+            lstm_index += 1
+        elif isinstance(layer, DenseLayer):
+            dense = graph.op("Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)])
+            value = graph.activation(layer.activation, dense)
+    graph.op("Identity", [value], output_names=["y"])
+    outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, network.output_size]))
+    # order outputs as output_names(): y, h_0_out, c_0_out, ...
+    by_name = {o.name: o for o in outputs}
+    ordered_outputs = [by_name[name] for name in output_names(network)]
+    ordered_inputs = {i.name: i for i in inputs}
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "edgelstm_step", [ordered_inputs[n] for n in input_names(network)], ordered_outputs, graph.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edgelstm",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def quantize_int8(float_model_path, out_path, feeds: list, state_ranges: dict, network: Network) -> None:
+    """Static int8 QDQ quantization of the float step model with onnxruntime.
+
+    ``feeds`` is a list of dicts (input name -> float32 array), the recorded calibration steps.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._iter = iter(feeds)
+
+        def get_next(self):
+            return next(self._iter, None)
+
+    overrides = {}
+    for name in network.state_names():
+        lo, hi = state_ranges[name]
+        entry = [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+        overrides[name] = entry
+        overrides[f"{name}_out"] = [dict(entry[0])]
+    try:
+        quantize_static(
+            str(float_model_path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False},
+        )
+    except Exception as exc:
+        raise ConversionError(f"onnxruntime int8 quantization failed: {exc}") from None
+
+
+def list_ops(model) -> list:
+    seen = []
+    for node in model.graph.node:
+        if node.op_type not in seen:
+            seen.append(node.op_type)
+    return seen

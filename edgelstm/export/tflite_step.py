@@ -1,0 +1,214 @@
+"""TFLite step models built from primitive ops and converted with TensorFlow's converter.
+
+The step graph ``(x_t, h_0, c_0, ...) -> (y, h_0_out, c_0_out, ...)`` is traced from the
+network's weights as a ``tf.function`` using only matmul, sigmoid, tanh, multiply, add and
+split (plus the head's activations), which the converter maps to FULLY_CONNECTED,
+LOGISTIC, TANH, MUL, ADD and SPLIT: ops that quantize to int8 and exist on the Edge TPU.
+Each LSTM's gate pre-activation is ``FC(x) + FC(h)`` (two fully-connected ops, the bias on
+the one fed by ``x``) rather than ``FC(concat(x, h))``: that way the state input ``h``
+feeds nothing but a bias-less FC and the state output keeps a free quantization scale,
+which :func:`tie_state_quantization` exploits.
+
+Quantization variants: ``float32``, ``float16`` (float16 weights), ``int8`` (full integer,
+int8 inputs and outputs, builtin int8 ops only, calibrated on recorded ``(x, h, c)``), and
+``int16x8`` (int16 activations, int8 weights) where the converter accepts the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..network import DenseLayer, LSTMLayer, Network
+
+QUANT_MODES = ("float32", "float16", "int8", "int16x8")
+
+
+def output_names(network: Network) -> list:
+    return ["y"] + [f"{name}_out" for name in network.state_names()]
+
+
+def input_names(network: Network) -> list:
+    return ["x"] + network.state_names()
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+def _activation(tf, name: str, value):
+    if name == "linear":
+        return value
+    if name == "relu":
+        return tf.nn.relu(value)
+    if name == "sigmoid":
+        return tf.sigmoid(value)
+    if name == "tanh":
+        return tf.tanh(value)
+    if name == "hard_sigmoid":  # relu6(x + 3) / 6: ADD, RELU6, MUL
+        return tf.nn.relu6(value + 3.0) * (1.0 / 6.0)
+    if name == "hard_sigmoid_keras2":  # clip(0.2 x + 0.5, 0, 1): MUL, ADD, RELU_0_TO_1
+        return tf.clip_by_value(value * 0.2 + 0.5, 0.0, 1.0)
+    if name == "swish":
+        return value * tf.sigmoid(value)
+    if name == "gelu":
+        return tf.nn.gelu(value, approximate=False)
+    if name == "softmax":
+        return tf.nn.softmax(value, axis=-1)
+    raise ConversionError(f"activation '{name}' has no TFLite mapping")
+
+
+def build_step_function(network: Network, batch: int = 1):
+    """A concrete ``tf.function`` computing one step, outputs keyed by :func:`output_names`,
+    and the module that owns it (the converter takes its signature from there)."""
+    tf = _tf()
+    specs = [tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
+    for name, size in zip(network.state_names(), network.state_sizes()):
+        specs.append(tf.TensorSpec([batch, size], tf.float32, name=name))
+
+    def step(x, *state):
+        value = x
+        outputs = {}
+        lstm_index = 0
+        for layer in network.layers:
+            if isinstance(layer, LSTMLayer):
+                h, c = state[2 * lstm_index], state[2 * lstm_index + 1]
+                from_input = tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
+                from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel))
+                i, f, g, o = tf.split(from_input + from_state, 4, axis=1)
+                gate = layer.recurrent_activation
+                c_new = _activation(tf, gate, f) * c + _activation(tf, gate, i) * _activation(tf, layer.activation, g)
+                h_new = _activation(tf, gate, o) * _activation(tf, layer.activation, c_new)
+                outputs[f"h_{lstm_index}_out"] = h_new
+                outputs[f"c_{lstm_index}_out"] = c_new
+                value = h_new
+                lstm_index += 1
+            elif isinstance(layer, DenseLayer):
+                value = _activation(
+                    tf, layer.activation, tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
+                )
+        outputs["y"] = value
+        return {name: outputs[name] for name in output_names(network)}
+
+    module = tf.Module()
+    module.step = tf.function(step, input_signature=specs)
+    return module.step.get_concrete_function(), module
+
+
+def convert(network: Network, quant: str, representative=None, batch: int = 1) -> bytes:
+    """Convert the step graph to a TFLite flatbuffer.
+
+    ``representative`` is a callable returning an iterable of input lists (normalised x
+    and states, float32, in :func:`input_names` order); required for ``int8`` and ``int16x8``.
+    """
+    if quant not in QUANT_MODES:
+        raise ConversionError(f"unknown quantization '{quant}'; choose one of {', '.join(QUANT_MODES)}")
+    tf = _tf()
+    function, module = build_step_function(network, batch=batch)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    if quant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quant in ("int8", "int16x8"):
+        if representative is None:
+            raise ConversionError(f"{quant} quantization needs calibration data")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        if quant == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+            converter.inference_input_type = tf.int16
+            converter.inference_output_type = tf.int16
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            return bytes(converter.convert())
+    except Exception as exc:  # the converter raises many types; report its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"TFLite converter failed for {quant}: {first}") from None
+
+
+def signature_tensors(model: bytes) -> dict:
+    """Map signature names (``x``, ``h_0``, ``y``, ``h_0_out``, ...) to tensor indices."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    if not parsed.signatureDefs:
+        raise ConversionError("converted model has no signature")
+    signature = parsed.signatureDefs[0]
+    mapping = {}
+    for item in list(signature.inputs) + list(signature.outputs):
+        mapping[item.name.decode() if isinstance(item.name, bytes) else item.name] = int(item.tensorIndex)
+    return mapping
+
+
+def quant_params_for_range(lo: float, hi: float, dtype: str) -> tuple:
+    """TFLite's (scale, zero_point) for a real range, with zero exactly representable."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "int16":
+        bound = max(abs(lo), abs(hi), 1e-8)
+        return bound / 32767.0, 0
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
+    return scale, zero_point
+
+
+def tie_state_quantization(model: bytes, network: Network, state_ranges: dict) -> bytes:
+    """Give each state output the exact scale and zero point of its state input.
+
+    With both ends of the recurrence on one quantization grid, the runtime feeds int8
+    state back without requantizing, so no rounding error builds up over long streams.
+    The grid covers the union of the state's range before and after each step, recorded
+    by the calibrator on real trajectories. The ops that read or write a state tensor
+    (FULLY_CONNECTED without bias, MUL, ADD, TANH) derive their rescaling from tensor
+    parameters when the interpreter prepares them, so rewriting those parameters is exact.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    import flatbuffers
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    tensors = parsed.subgraphs[0].tensors
+    indices = signature_tensors(model)
+    for name in network.state_names():
+        lo, hi = state_ranges[name]
+        for tensor_name in (name, f"{name}_out"):
+            tensor = tensors[indices[tensor_name]]
+            if tensor.quantization is None or tensor.quantization.scale is None:
+                raise ConversionError(f"state tensor '{tensor_name}' is not quantized")
+            dtype = "int16" if tensor.type == schema.TensorType.INT16 else "int8"
+            scale, zero_point = quant_params_for_range(lo, hi, dtype)
+            tensor.quantization.scale = [scale]
+            tensor.quantization.zeroPoint = [zero_point]
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def list_ops(model: bytes) -> list:
+    """Builtin op names used by the model, in graph order, without duplicates."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    seen = []
+    for op in parsed.subgraphs[0].operators:
+        code = parsed.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = names.get(builtin, f"CUSTOM:{code.customCode}")
+        if name not in seen:
+            seen.append(name)
+    return seen

@@ -1,0 +1,95 @@
+"""Keras 3 ``.keras`` archives, read without Keras.
+
+A ``.keras`` file is a zip holding ``config.json`` (the model as JSON), ``metadata.json``
+and ``model.weights.h5``. Reading those directly (zipfile, json, h5py) instead of calling
+``keras.saving.load_model`` means no layer class is ever instantiated and no code from the
+file can run, and it works on a machine without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from ..network import Network
+from .keras_layers import KerasLayer, build_network, layers_from_model_config
+
+
+def load_keras3_archive(path: Path) -> Network:
+    name = Path(path).name
+    try:
+        archive = zipfile.ZipFile(path)
+        members = set(archive.namelist())
+        if "config.json" not in members:
+            raise ModelFormatError(f"{name}: zip archive without config.json; not a Keras 3 model archive")
+        config = json.loads(archive.read("config.json"))
+        metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in members else {}
+        if "model.weights.h5" not in members:
+            raise ModelFormatError(f"{name}: archive has no model.weights.h5 (weights missing)")
+        weights_bytes = archive.read("model.weights.h5")
+    except zipfile.BadZipFile as exc:
+        raise ModelFormatError(f"{name}: damaged zip archive ({exc}); the file may be truncated") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{name}: config.json is not valid JSON ({exc})") from None
+    except (OSError, EOFError, zipfile.LargeZipFile) as exc:
+        raise ModelFormatError(f"{name}: cannot read archive ({exc})") from None
+
+    version = str(metadata.get("keras_version", "3"))
+    chain, declared = layers_from_model_config(config, keras_major=3, source_name=name)
+
+    import h5py
+
+    try:
+        weights_file = h5py.File(io.BytesIO(weights_bytes), "r")
+    except OSError as exc:
+        raise ModelFormatError(f"{name}: model.weights.h5 is damaged ({exc})") from None
+    with weights_file:
+        groups = _groups_by_layer_name(weights_file)
+
+        def read_weights(layer: KerasLayer) -> list:
+            group = groups.get(layer.name)
+            if group is None:
+                raise ModelFormatError(f"{name}: {layer.where()}: no weights stored for this layer")
+            try:
+                return [np.asarray(array) for array in _variables(group)]
+            except OSError as exc:
+                raise ModelFormatError(f"{name}: {layer.where()}: weights unreadable ({exc})") from None
+
+        network = build_network(
+            chain, read_weights, keras_major=3, source_format="keras3", source_name=name, declared_features=declared
+        )
+    network.notes.append(f"saved by Keras {version}")
+    return network
+
+
+def _groups_by_layer_name(weights_file) -> dict:
+    """Map layer name -> its h5 group; Keras 3 keys groups by class, the name is an attribute."""
+    groups = {}
+    layers = weights_file.get("layers")
+    if layers is None:
+        raise ModelFormatError("model.weights.h5 has no 'layers' group")
+    for key in layers:
+        group = layers[key]
+        own_vars = group.get("vars")
+        layer_name = own_vars.attrs.get("name") if own_vars is not None else None
+        if isinstance(layer_name, bytes):
+            layer_name = layer_name.decode()
+        groups[layer_name or key] = group
+    return groups
+
+
+def _variables(group) -> list:
+    """The layer's arrays in Keras order: its own ``vars/0..n``, then each sub-object's."""
+    arrays = []
+    own = group.get("vars")
+    if own is not None:
+        arrays += [own[key][()] for key in sorted(own, key=int)]
+    for key in sorted(group):
+        if key != "vars" and hasattr(group[key], "keys"):
+            arrays += _variables(group[key])
+    return arrays

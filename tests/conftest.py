@@ -1,0 +1,62 @@
+"""Shared fixtures: Keras models built and saved here, and one converted C-MAPSS bundle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_MODEL = ROOT / "examples" / "cmapss_fd001_lstm.keras"
+EXAMPLE_SCALER = ROOT / "examples" / "cmapss_fd001_lstm.scaler.json"
+RECIPE = ROOT / "calibration" / "cmapss-fd001.json"
+TEST_SET = ROOT / "calibration" / "cmapss_fd001" / "test_FD001.txt"
+
+
+def run_cli(*args, check=True):
+    """Run ``python -m edgelstm`` in a subprocess; return the CompletedProcess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelstm", *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgelstm {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def keras():
+    import keras as keras_module
+
+    keras_module.utils.set_random_seed(0)
+    return keras_module
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)
+
+
+def randomize_batchnorm(model, seed=0):
+    """Give BatchNormalization layers non-trivial statistics (fresh ones are the identity)."""
+    generator = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            weights = layer.get_weights()
+            layer.set_weights([np.abs(generator.normal(1.0, 0.5, w.shape)).astype("float32") + 0.1 for w in weights])
+
+
+@pytest.fixture(scope="session")
+def cmapss_bundle(tmp_path_factory):
+    """The shipped example model converted through the CLI to int8/float32 TFLite and ONNX."""
+    out = tmp_path_factory.mktemp("bundle") / "cmapss"
+    run_cli(
+        "convert", EXAMPLE_MODEL, "--calibration", RECIPE, "--scaler", EXAMPLE_SCALER,
+        "--eval", TEST_SET, "--formats", "tflite,onnx", "--quant", "int8,float32", "--out", out, "--quiet",
+    )
+    return out

@@ -1,0 +1,134 @@
+"""Conversion through the CLI: the C-MAPSS example to int8 TFLite and ONNX, float exports
+matching Keras, state quantization tied, report and manifest complete."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgelstm.bundle import Bundle
+from edgelstm.calibration import load_cmapss
+from edgelstm.export import onnx_step, tflite_step
+from edgelstm.importers import load_network
+from edgelstm.normalization import Normalization
+from edgelstm.reference import Reference
+from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
+
+from .conftest import EXAMPLE_MODEL, TEST_SET, run_cli
+
+PRIMITIVE_TFLITE_OPS = {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SPLIT", "CONCATENATION", "RESHAPE"}
+
+
+def _stream(stepper, sequence):
+    stepper.reset()
+    return np.concatenate([stepper.step(sequence[t : t + 1]) for t in range(len(sequence))])
+
+
+def test_bundle_has_every_requested_file_and_a_complete_manifest(cmapss_bundle):
+    bundle = Bundle.open(cmapss_bundle)
+    m = bundle.manifest
+    assert {(e["format"], e["quant"]) for e in m["models"]} == {
+        ("tflite", "int8"), ("tflite", "float32"), ("onnx", "int8"), ("onnx", "float32")
+    }
+    assert m["source"]["format"] == "keras3" and len(m["source"]["sha256"]) == 64
+    assert m["input"]["n_features"] == 14 and m["input"]["normalization"]["kind"] == "zscore"
+    assert [s["name"] for s in m["state"]] == ["h_0", "c_0", "h_1", "c_1"]
+    assert [s["size"] for s in m["state"]] == [64, 64, 32, 32]
+    assert m["outputs"] == [{"name": "y", "size": 1, "mode": "sequence"}]
+    assert m["default_model"] == "step_int8.tflite"
+    assert {"tensorflow", "onnx", "onnxruntime", "numpy", "edgelstm"} <= set(m["tool_versions"])
+    for entry in m["models"]:
+        assert set(entry["ops"]) and len(entry["sha256"]) == 64
+    assert (cmapss_bundle / "report.json").exists() and (cmapss_bundle / "report.png").exists()
+
+
+def test_float32_exports_match_keras(cmapss_bundle, keras):
+    """Float step exports stepped one reading at a time equal Keras on whole sequences.
+
+    The outputs are RUL in cycles (up to ~130), so 1e-5 is applied relative to the output's
+    magnitude: float32 itself resolves 7.6e-6 at 100.
+    """
+    model = keras.saving.load_model(EXAMPLE_MODEL)
+    manifest = Bundle.open(cmapss_bundle).manifest
+    norm = Normalization.from_json(manifest["input"]["normalization"], 14)
+    engines = load_cmapss(TEST_SET).sequences[:3]
+    for engine in engines:
+        x = norm.apply(engine)
+        expected = model.predict(x[None], verbose=0)[0]
+        for stepper in (TFLiteStepper(cmapss_bundle / "step_float32.tflite"), OnnxStepper(cmapss_bundle / "step_float32.onnx")):
+            actual = _stream(stepper, x)
+            scale = np.maximum(1.0, np.abs(expected))
+            assert np.max(np.abs(actual - expected) / scale) <= 1e-5
+
+
+def test_int8_tflite_is_full_integer_from_primitive_ops_with_tied_state(cmapss_bundle):
+    stepper = TFLiteStepper(cmapss_bundle / "step_int8.tflite")
+    assert set(stepper.ops()) <= PRIMITIVE_TFLITE_OPS
+    for details in list(stepper.inputs.values()) + list(stepper.outputs.values()):
+        assert details["dtype"] == np.int8
+    for name in stepper.state_names:
+        assert stepper.inputs[name]["quantization"] == stepper.outputs[f"{name}_out"]["quantization"], name
+    entry = Bundle.open(cmapss_bundle).model("tflite", "int8")
+    assert entry["edgetpu"]["compatible"], entry["edgetpu"]
+    assert entry["tensors"]["h_0"]["scale"] == entry["tensors"]["h_0_out"]["scale"]
+
+
+def test_int8_onnx_has_tied_state_quantization(cmapss_bundle):
+    model = onnx.load(str(cmapss_bundle / "step_int8.onnx"))
+    onnx.checker.check_model(model)
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantizers = {node.input[1]: node.input[2] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    for name in ("h_0", "c_0", "h_1", "c_1"):
+        inp, out = f"{name}_scale", f"{name}_out_scale"
+        assert inp in quantizers and out in quantizers, name
+        assert float(init[inp]) == float(init[out]), name
+        assert int(init[quantizers[inp]]) == int(init[quantizers[out]]), name
+    assert any(v.dtype == np.int8 for v in init.values())
+
+
+def test_float_onnx_passes_checker_with_opset_17(cmapss_bundle):
+    model = onnx.load(str(cmapss_bundle / "step_float32.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["x", "h_0", "c_0", "h_1", "c_1"]
+    assert [o.name for o in model.graph.output] == ["y", "h_0_out", "c_0_out", "h_1_out", "c_1_out"]
+
+
+def test_report_measures_int8_on_held_out_engines_and_a_long_stream(cmapss_bundle):
+    report = json.loads((cmapss_bundle / "report.json").read_text())
+    assert report["held_out"]["sequences"] == 100 and report["long_stream"]["steps"] >= 10_000
+    for name in ("tflite int8", "onnx int8", "tflite float32", "onnx float32"):
+        metrics = report["models"][name]
+        assert len(metrics["long_stream_block_rmse"]) == 10
+        for key in ("max_abs_error", "mean_abs_error", "rmse", "relative_rmse"):
+            assert np.isfinite(metrics[key])
+    assert report["models"]["tflite float32"]["relative_rmse"] < 1e-5
+
+
+def test_cli_prints_the_fidelity_table_and_json(cmapss_bundle, tmp_path):
+    result = run_cli("inspect", cmapss_bundle)
+    assert "step_int8.tflite" in result.stdout and "FULLY_CONNECTED" in result.stdout
+    data = json.loads(run_cli("inspect", cmapss_bundle, "--json").stdout)
+    assert data["kind"] == "bundle" and data["network"]["layers"][0]["units"] == 64
+    coral = run_cli("inspect", cmapss_bundle, "--target", "coral-usb")
+    assert "Edge TPU (coral-usb): compatible" in coral.stdout and "edgetpu_compiler" in coral.stdout
+
+
+def test_quant_sweep_variants_convert(tmp_path, keras, rng):
+    """float32, float16, int8 and int16x8 TFLite variants all convert for a small model."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, 4)), L.LSTM(8, return_sequences=True), L.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "calib.npy", rng.normal(size=(10, 40, 4)).astype("float32"))
+    run_cli("convert", tmp_path / "m.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--formats", "tflite", "--quant", "all", "--long-steps", "500", "--quiet")
+    quants = {e["quant"] for e in Bundle.open(tmp_path / "b").manifest["models"]}
+    assert quants == {"float32", "float16", "int8", "int16x8"}
+    network = load_network(tmp_path / "m.keras")
+    x = rng.normal(size=(30, 4)).astype("float32")
+    expected = Reference(network).run(x)[0]
+    assert np.max(np.abs(_stream(TFLiteStepper(tmp_path / "b" / "step_float32.tflite"), x) - expected)) <= 1e-5
