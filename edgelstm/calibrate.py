@@ -24,6 +24,7 @@ class Recording:
     inputs: np.ndarray  # (steps, features), normalised
     states: dict  # state name -> (steps, size): the state *before* each step
     state_ranges: dict  # state name -> (min, max) over before and after every step
+    unit_ranges: dict  # state name -> (min per unit, max per unit), same steps
     input_range: tuple  # per-feature (min, max) arrays of the normalised inputs
 
     @property
@@ -51,21 +52,22 @@ def record(network: Network, sequences: list, progress=None) -> Recording:
     reference = Reference(network)
     names = network.state_names()
     inputs, states = [], {name: [] for name in names}
-    lows = {name: np.inf for name in names}
-    highs = {name: -np.inf for name in names}
+    lows = {name: np.full(size, np.inf) for name, size in zip(names, network.state_sizes())}
+    highs = {name: np.full(size, -np.inf) for name, size in zip(names, network.state_sizes())}
     for sequence in sequences:
         _, trajectory = reference.run_with_states(sequence)
         inputs.append(sequence)
         for k, name in enumerate(names):
             states[name].append(trajectory[k][:-1])
-            lows[name] = min(lows[name], float(trajectory[k].min()))
-            highs[name] = max(highs[name], float(trajectory[k].max()))
+            lows[name] = np.minimum(lows[name], trajectory[k].min(axis=0))
+            highs[name] = np.maximum(highs[name], trajectory[k].max(axis=0))
         if progress is not None:
             progress.update(1)
     all_inputs = np.concatenate(inputs).astype(np.float32)
     return Recording(
         inputs=all_inputs,
         states={name: np.concatenate(values).astype(np.float32) for name, values in states.items()},
-        state_ranges={name: (lows[name], highs[name]) for name in names},
+        state_ranges={name: (float(lows[name].min()), float(highs[name].max())) for name in names},
+        unit_ranges={name: (lows[name], highs[name]) for name in names},
         input_range=(all_inputs.min(axis=0), all_inputs.max(axis=0)),
     )

@@ -35,6 +35,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="share of calibration sequences held out (default 0.2)")
     p.add_argument("--max-samples", type=int, default=2000, help="representative steps given to the quantizers")
     p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
+    p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_convert)
@@ -61,6 +62,7 @@ def _run_convert(args) -> int:
         holdout=args.holdout,
         max_samples=args.max_samples,
         long_steps=args.long_steps,
+        cell_groups=args.cell_groups,
         progress=not (args.quiet or args.json),
     )
     manifest = convert(options)

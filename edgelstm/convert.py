@@ -27,6 +27,7 @@ from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atom
 from .calibrate import record
 from .calibration import load_calibration
 from .errors import ConversionError
+from .export.state_plan import plan_states
 from .importers import load_network, sniff_format
 from .normalization import Normalization
 from .targets import load_target
@@ -48,6 +49,7 @@ class ConvertOptions:
     holdout: float = 0.2
     max_samples: int = 2000
     long_steps: int = fidelity.LONG_STREAM_STEPS
+    cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     seed: int = 0
     progress: bool = True
     extra_manifest: dict = field(default_factory=dict)
@@ -146,7 +148,9 @@ def convert(options: ConvertOptions, log=print) -> dict:
 
     with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
         recording = record(network, calib_sequences, progress=bar)
-    samples = recording.samples(options.max_samples, seed=options.seed)
+    plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
+    state_ranges = plan.tensor_ranges(recording.unit_ranges)
+    samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
     with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
         for fmt, quant in jobs:
             try:
-                entry, stepper = _export_one(network, fmt, quant, samples, recording, out, Path(scratch), target)
+                entry, stepper = _export_one(network, plan, fmt, quant, samples, state_ranges, out, Path(scratch), target)
             except ConversionError as exc:
                 if quant == "int16x8":  # optional: converts only where the converter supports every op
                     skipped.append({"format": fmt, "quant": quant, "reason": str(exc)})
@@ -208,11 +212,9 @@ def convert(options: ConvertOptions, log=print) -> dict:
         },
         "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
         "state": [
-            {"name": name, "size": size, "layer": layer.name, "range": list(recording.state_ranges[name])}
-            for (name, size), layer in zip(
-                zip(network.state_names(), network.state_sizes()),
-                [l for l in network.lstm_layers for _ in (0, 1)],
-            )
+            dict(entry, layer=network.lstm_layers[int(entry["name"].split("_")[1])].name,
+                 range=list(state_ranges[entry["name"]]))
+            for entry in plan.describe()
         ],
         "models": models,
         "default_model": _default_model(models, target),
@@ -242,16 +244,16 @@ def _default_model(models: list, target) -> str | None:
     return models[0]["file"] if models else None
 
 
-def _export_one(network, fmt, quant, samples, recording, out: Path, scratch: Path, target):
+def _export_one(network, plan, fmt, quant, samples, state_ranges, out: Path, scratch: Path, target):
     from .export import onnx_step, tflite_step
     from .runtime.steppers import OnnxStepper
 
     if fmt == "tflite":
         representative = lambda: iter(samples)  # noqa: E731
         with quiet_native_output():
-            model = tflite_step.convert(network, quant, representative=representative, batch=target.batch)
+            model = tflite_step.convert(network, plan, quant, representative=representative, batch=target.batch)
         if quant in ("int8", "int16x8"):
-            model = tflite_step.tie_state_quantization(model, network, recording.state_ranges)
+            model = tflite_step.tie_state_quantization(model, plan, state_ranges)
         path = out / f"step_{quant}.tflite"
         path.write_bytes(model)
         tensors, ops, all_tensors, stepper = _tflite_tensors(path)
@@ -263,7 +265,7 @@ def _export_one(network, fmt, quant, samples, recording, out: Path, scratch: Pat
     if fmt == "onnx":
         import onnx
 
-        float_model = onnx_step.build_float_model(network, batch=target.batch)
+        float_model = onnx_step.build_float_model(network, plan, batch=target.batch)
         float_path = out / "step_float32.onnx" if quant == "float32" else scratch / "step_float32.onnx"
         onnx.save(float_model, str(float_path))
         if quant == "float32":
@@ -271,7 +273,7 @@ def _export_one(network, fmt, quant, samples, recording, out: Path, scratch: Pat
         elif quant == "int8":
             path = out / "step_int8.onnx"
             with quiet_native_output():
-                onnx_step.quantize_int8(float_path, path, samples, recording.state_ranges, network)
+                onnx_step.quantize_int8(float_path, path, samples, state_ranges, plan)
         else:
             raise ConversionError(f"ONNX export supports float32 and int8, not {quant}")
         ops = onnx_step.list_ops(onnx.load(str(path)))

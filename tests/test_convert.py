@@ -36,8 +36,13 @@ def test_bundle_has_every_requested_file_and_a_complete_manifest(cmapss_bundle):
     }
     assert m["source"]["format"] == "keras3" and len(m["source"]["sha256"]) == 64
     assert m["input"]["n_features"] == 14 and m["input"]["normalization"]["kind"] == "zscore"
-    assert [s["name"] for s in m["state"]] == ["h_0", "c_0", "h_1", "c_1"]
-    assert [s["size"] for s in m["state"]] == [64, 64, 32, 32]
+    state = {s["name"]: s for s in m["state"]}
+    assert state["h_0"]["size"] == 64 and state["h_1"]["size"] == 32
+    for layer, units in ((0, 64), (1, 32)):
+        # the cell state is split into groups of units by range; together they cover every unit once
+        cells = [s for name, s in state.items() if name.startswith(f"c_{layer}")]
+        assert sorted(u for s in cells for u in s["units"]) == list(range(units))
+        assert sorted(state[f"h_{layer}"]["units"]) == list(range(units))
     assert m["outputs"] == [{"name": "y", "size": 1, "mode": "sequence"}]
     assert m["default_model"] == "step_int8.tflite"
     assert {"tensorflow", "onnx", "onnxruntime", "numpy", "edgelstm"} <= set(m["tool_versions"])
@@ -82,7 +87,7 @@ def test_int8_onnx_has_tied_state_quantization(cmapss_bundle):
     onnx.checker.check_model(model)
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     quantizers = {node.input[1]: node.input[2] for node in model.graph.node if node.op_type == "QuantizeLinear"}
-    for name in ("h_0", "c_0", "h_1", "c_1"):
+    for name in [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"]]:
         inp, out = f"{name}_scale", f"{name}_out_scale"
         assert inp in quantizers and out in quantizers, name
         assert float(init[inp]) == float(init[out]), name
@@ -94,8 +99,9 @@ def test_float_onnx_passes_checker_with_opset_17(cmapss_bundle):
     model = onnx.load(str(cmapss_bundle / "step_float32.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 17
-    assert [i.name for i in model.graph.input] == ["x", "h_0", "c_0", "h_1", "c_1"]
-    assert [o.name for o in model.graph.output] == ["y", "h_0_out", "c_0_out", "h_1_out", "c_1_out"]
+    names = [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"]]
+    assert [i.name for i in model.graph.input] == ["x"] + names
+    assert [o.name for o in model.graph.output] == ["y"] + [f"{n}_out" for n in names]
 
 
 def test_report_measures_int8_on_held_out_engines_and_a_long_stream(cmapss_bundle):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..network import DenseLayer, LSTMLayer, Network
-from .tflite_step import input_names, output_names
+from .state_plan import StatePlan, group_columns, permuted_network
 
 OPSET = 17
 
@@ -70,47 +70,53 @@ class _GraphBuilder:
         raise ConversionError(f"activation '{name}' has no ONNX mapping")
 
 
-def build_float_model(network: Network, batch: int = 1):
-    """The float32 step graph as an ``onnx.ModelProto`` (checked)."""
+def build_float_model(network: Network, plan: StatePlan, batch: int = 1):
+    """The float32 step graph as an ``onnx.ModelProto`` (checked), state laid out by ``plan``."""
     import onnx
     from onnx import TensorProto, helper
 
+    net = permuted_network(network, plan)
+    units_of = plan.tensor_units()
     graph = _GraphBuilder()
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, network.n_features])]
-    outputs = []
+    value_info = lambda name, size: helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, size])  # noqa: E731
+    inputs = [value_info("x", network.n_features)] + [value_info(n, len(units_of[n])) for n in plan.state_names()]
     value = "x"
-    lstm_index = 0
-    for layer in network.layers:
+    k = 0
+    for layer in net.layers:
         if isinstance(layer, LSTMLayer):
-            h, c = f"h_{lstm_index}", f"c_{lstm_index}"
-            inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, layer.units]) for n in (h, c)]
-            from_input = graph.op(
-                "Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)]
-            )
-            from_state = graph.op("MatMul", [h, graph.const(f"{layer.name}_U", layer.recurrent_kernel)])
-            z = graph.op("Add", [from_input, from_state], hint=f"{layer.name}_z")
-            i, f, g, o = graph.op("Split", [z], outputs=4, axis=1)
+            h = f"h_{k}"
             gate, act = layer.recurrent_activation, layer.activation
-            c_new = graph.op(
-                "Add",
-                [graph.op("Mul", [graph.activation(gate, f), c]), graph.op("Mul", [graph.activation(gate, i), graph.activation(act, g)])],
-                output_names=[f"{c}_out"],
-            )
-            h_new = graph.op("Mul", [graph.activation(gate, o), graph.activation(act, c_new)], output_names=[f"{h}_out"])
-            outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, layer.units]) for n in (h_new, c_new)]
-            value = h_new
-            lstm_index += 1
+            h_parts, start = [], 0
+            for cell_name, size in zip(plan.cell_names(k), plan.layers[k].sizes):
+                columns = group_columns(layer.units, start, size)
+                from_input = graph.op("Add", [
+                    graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel[:, columns])]),
+                    graph.const(f"{layer.name}_b", layer.bias[columns]),
+                ])
+                from_state = graph.op("MatMul", [h, graph.const(f"{layer.name}_U", layer.recurrent_kernel[:, columns])])
+                z = graph.op("Add", [from_input, from_state], hint=f"{layer.name}_z")
+                i, f, g, o = graph.op("Split", [z], outputs=4, axis=1)
+                c_new = graph.op(
+                    "Add",
+                    [graph.op("Mul", [graph.activation(gate, f), cell_name]),
+                     graph.op("Mul", [graph.activation(gate, i), graph.activation(act, g)])],
+                    output_names=[f"{cell_name}_out"],
+                )
+                h_parts.append(graph.op("Mul", [graph.activation(gate, o), graph.activation(act, c_new)]))
+                start += size
+            if len(h_parts) == 1:
+                value = graph.op("Identity", h_parts, output_names=[f"{h}_out"])
+            else:
+                value = graph.op("Concat", h_parts, output_names=[f"{h}_out"], axis=1)
+            k += 1
         elif isinstance(layer, DenseLayer):
             dense = graph.op("Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)])
             value = graph.activation(layer.activation, dense)
     graph.op("Identity", [value], output_names=["y"])
-    outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, network.output_size]))
-    # order outputs as output_names(): y, h_0_out, c_0_out, ...
-    by_name = {o.name: o for o in outputs}
-    ordered_outputs = [by_name[name] for name in output_names(network)]
-    ordered_inputs = {i.name: i for i in inputs}
+    sizes = {"y": network.output_size, **{f"{n}_out": len(units_of[n]) for n in plan.state_names()}}
+    outputs = [value_info(name, sizes[name]) for name in plan.output_names()]
     model = helper.make_model(
-        helper.make_graph(graph.nodes, "edgelstm_step", [ordered_inputs[n] for n in input_names(network)], ordered_outputs, graph.initializers),
+        helper.make_graph(graph.nodes, "edgelstm_step", inputs, outputs, graph.initializers),
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="edgelstm",
     )
@@ -119,10 +125,11 @@ def build_float_model(network: Network, batch: int = 1):
     return model
 
 
-def quantize_int8(float_model_path, out_path, feeds: list, state_ranges: dict, network: Network) -> None:
+def quantize_int8(float_model_path, out_path, feeds: list, state_ranges: dict, plan: StatePlan) -> None:
     """Static int8 QDQ quantization of the float step model with onnxruntime.
 
-    ``feeds`` is a list of dicts (input name -> float32 array), the recorded calibration steps.
+    ``feeds`` is a list of dicts (input name -> float32 array), the recorded calibration steps;
+    ``state_ranges`` maps each state tensor of ``plan`` to its (min, max).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -134,7 +141,7 @@ def quantize_int8(float_model_path, out_path, feeds: list, state_ranges: dict, n
             return next(self._iter, None)
 
     overrides = {}
-    for name in network.state_names():
+    for name in plan.state_names():
         lo, hi = state_ranges[name]
         entry = [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
         overrides[name] = entry

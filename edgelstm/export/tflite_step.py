@@ -24,16 +24,9 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..network import DenseLayer, LSTMLayer, Network
+from .state_plan import StatePlan, group_columns, permuted_network
 
 QUANT_MODES = ("float32", "float16", "int8", "int16x8")
-
-
-def output_names(network: Network) -> list:
-    return ["y"] + [f"{name}_out" for name in network.state_names()]
-
-
-def input_names(network: Network) -> list:
-    return ["x"] + network.state_names()
 
 
 def _tf():
@@ -65,53 +58,60 @@ def _activation(tf, name: str, value):
     raise ConversionError(f"activation '{name}' has no TFLite mapping")
 
 
-def build_step_function(network: Network, batch: int = 1):
-    """A concrete ``tf.function`` computing one step, outputs keyed by :func:`output_names`,
+def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
+    """A concrete ``tf.function`` computing one step, outputs keyed by ``plan.output_names()``,
     and the module that owns it (the converter takes its signature from there)."""
     tf = _tf()
+    net = permuted_network(network, plan)
+    units_of = plan.tensor_units()
+    names = plan.state_names()
     specs = [tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
-    for name, size in zip(network.state_names(), network.state_sizes()):
-        specs.append(tf.TensorSpec([batch, size], tf.float32, name=name))
+    specs += [tf.TensorSpec([batch, len(units_of[name])], tf.float32, name=name) for name in names]
 
-    def step(x, *state):
+    def step(x, *state_list):
+        state = dict(zip(names, state_list))
         value = x
         outputs = {}
-        lstm_index = 0
-        for layer in network.layers:
+        k = 0
+        for layer in net.layers:
             if isinstance(layer, LSTMLayer):
-                h, c = state[2 * lstm_index], state[2 * lstm_index + 1]
-                from_input = tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
-                from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel))
-                i, f, g, o = tf.split(from_input + from_state, 4, axis=1)
-                gate = layer.recurrent_activation
-                c_new = _activation(tf, gate, f) * c + _activation(tf, gate, i) * _activation(tf, layer.activation, g)
-                h_new = _activation(tf, gate, o) * _activation(tf, layer.activation, c_new)
-                outputs[f"h_{lstm_index}_out"] = h_new
-                outputs[f"c_{lstm_index}_out"] = c_new
-                value = h_new
-                lstm_index += 1
+                h = state[f"h_{k}"]
+                gate, act = layer.recurrent_activation, layer.activation
+                h_parts, start = [], 0
+                for cell_name, size in zip(plan.cell_names(k), plan.layers[k].sizes):
+                    columns = group_columns(layer.units, start, size)
+                    from_input = tf.matmul(value, tf.constant(layer.kernel[:, columns])) + tf.constant(layer.bias[columns])
+                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns]))
+                    i, f, g, o = tf.split(from_input + from_state, 4, axis=1)
+                    c_new = _activation(tf, gate, f) * state[cell_name] + _activation(tf, gate, i) * _activation(tf, act, g)
+                    outputs[f"{cell_name}_out"] = c_new
+                    h_parts.append(_activation(tf, gate, o) * _activation(tf, act, c_new))
+                    start += size
+                value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
+                outputs[f"h_{k}_out"] = value
+                k += 1
             elif isinstance(layer, DenseLayer):
                 value = _activation(
                     tf, layer.activation, tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
                 )
         outputs["y"] = value
-        return {name: outputs[name] for name in output_names(network)}
+        return {name: outputs[name] for name in plan.output_names()}
 
     module = tf.Module()
     module.step = tf.function(step, input_signature=specs)
     return module.step.get_concrete_function(), module
 
 
-def convert(network: Network, quant: str, representative=None, batch: int = 1) -> bytes:
+def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1) -> bytes:
     """Convert the step graph to a TFLite flatbuffer.
 
     ``representative`` is a callable returning an iterable of input lists (normalised x
-    and states, float32, in :func:`input_names` order); required for ``int8`` and ``int16x8``.
+    and states, float32, keyed by ``plan.input_names()``); required for ``int8`` and ``int16x8``.
     """
     if quant not in QUANT_MODES:
         raise ConversionError(f"unknown quantization '{quant}'; choose one of {', '.join(QUANT_MODES)}")
     tf = _tf()
-    function, module = build_step_function(network, batch=batch)
+    function, module = build_step_function(network, plan, batch=batch)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -167,32 +167,48 @@ def quant_params_for_range(lo: float, hi: float, dtype: str) -> tuple:
     return scale, zero_point
 
 
-def tie_state_quantization(model: bytes, network: Network, state_ranges: dict) -> bytes:
+def tie_state_quantization(model: bytes, plan: StatePlan, ranges: dict) -> bytes:
     """Give each state output the exact scale and zero point of its state input.
 
     With both ends of the recurrence on one quantization grid, the runtime feeds int8
     state back without requantizing, so no rounding error builds up over long streams.
-    The grid covers the union of the state's range before and after each step, recorded
-    by the calibrator on real trajectories. The ops that read or write a state tensor
-    (FULLY_CONNECTED without bias, MUL, ADD, TANH) derive their rescaling from tensor
-    parameters when the interpreter prepares them, so rewriting those parameters is exact.
+    The grid covers the state's range before and after every calibration step (``ranges``,
+    per state tensor). The ops that read or write a state tensor (FULLY_CONNECTED without
+    bias, MUL, ADD, TANH, and the CONCATENATION that joins a layer's ``h`` groups, whose
+    inputs must share its grid) derive their rescaling from tensor parameters when the
+    interpreter prepares them, so rewriting those parameters is exact.
     """
     from tensorflow.lite.python import schema_py_generated as schema
     import flatbuffers
 
     parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    tensors = parsed.subgraphs[0].tensors
+    subgraph = parsed.subgraphs[0]
+    tensors = subgraph.tensors
     indices = signature_tensors(model)
-    for name in network.state_names():
-        lo, hi = state_ranges[name]
-        for tensor_name in (name, f"{name}_out"):
-            tensor = tensors[indices[tensor_name]]
-            if tensor.quantization is None or tensor.quantization.scale is None:
-                raise ConversionError(f"state tensor '{tensor_name}' is not quantized")
-            dtype = "int16" if tensor.type == schema.TensorType.INT16 else "int8"
-            scale, zero_point = quant_params_for_range(lo, hi, dtype)
-            tensor.quantization.scale = [scale]
-            tensor.quantization.zeroPoint = [zero_point]
+    producer = {int(op.outputs[0]): op for op in subgraph.operators}
+    concat_code = {
+        i for i, code in enumerate(parsed.operatorCodes)
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CONCATENATION
+    }
+
+    def set_params(index: int, scale: float, zero_point: int, tensor_name: str) -> None:
+        tensor = tensors[index]
+        if tensor.quantization is None or tensor.quantization.scale is None:
+            raise ConversionError(f"state tensor '{tensor_name}' is not quantized")
+        tensor.quantization.scale = [scale]
+        tensor.quantization.zeroPoint = [zero_point]
+
+    for name in plan.state_names():
+        lo, hi = ranges[name]
+        dtype = "int16" if tensors[indices[name]].type == schema.TensorType.INT16 else "int8"
+        scale, zero_point = quant_params_for_range(lo, hi, dtype)
+        set_params(indices[name], scale, zero_point, name)
+        out_index = indices[f"{name}_out"]
+        set_params(out_index, scale, zero_point, f"{name}_out")
+        op = producer.get(out_index)
+        if op is not None and op.opcodeIndex in concat_code:
+            for part in op.inputs:
+                set_params(int(part), scale, zero_point, f"{name}_out part")
     builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -26,9 +26,14 @@ def quantize_into(out: np.ndarray, values: np.ndarray, scale: float, zero_point:
 
 
 def state_order(names) -> list:
-    """``h_0, c_0, h_1, c_1, ...`` from any collection of tensor names."""
+    """State input names in model order: ``h_0, c_0`` (or ``c_0_0, c_0_1, ...``), ``h_1``, ..."""
     states = [n for n in names if n[:2] in ("h_", "c_") and not n.endswith("_out")]
-    return sorted(states, key=lambda n: (int(n.split("_")[1]), n[0] != "h"))
+
+    def key(name):
+        parts = name.split("_")
+        return (int(parts[1]), parts[0] != "h", int(parts[2]) if len(parts) > 2 else 0)
+
+    return sorted(states, key=key)
 
 
 class TFLiteStepper:
