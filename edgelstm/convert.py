@@ -92,6 +92,7 @@ def _tool_versions() -> dict:
 
 def _tflite_tensors(path) -> tuple:
     """Tensor details (by signature name) and op names of a TFLite model, as the runtime sees them."""
+    from .inspect import tensor_summary
     from .runtime.steppers import TFLiteStepper
 
     stepper = TFLiteStepper(path)
@@ -106,19 +107,7 @@ def _tflite_tensors(path) -> tuple:
                 "scale": float(scale),
                 "zero_point": int(zero_point),
             }
-    ops = stepper.interpreter._get_ops_details()
-    produced = {int(i) for op in ops for i in op["outputs"]}
-    graph_inputs = {int(d["index"]) for d in stepper.inputs.values()}
-    constants = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - graph_inputs
-    all_tensors = [
-        {
-            "name": d["name"],
-            "dtype": np.dtype(d["dtype"]).name,
-            "shape": [int(v) for v in d["shape"]],
-            "is_constant": int(d["index"]) in constants,
-        }
-        for d in stepper.interpreter.get_tensor_details()
-    ]
+    all_tensors = tensor_summary(stepper)
     return tensors, stepper.ops(), all_tensors, stepper
 
 

@@ -69,6 +69,24 @@ def _inspect_bundle(path: Path) -> dict:
     }
 
 
+def tensor_summary(stepper) -> list:
+    """Every tensor of a loaded TFLite model: name, dtype, shape, and whether it is a constant
+    (an op input that no op produces and that is not a model input: weights and biases)."""
+    ops = stepper.interpreter._get_ops_details()
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    graph_inputs = {int(d["index"]) for d in stepper.inputs.values()}
+    constants = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - graph_inputs
+    return [
+        {
+            "name": d["name"],
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(v) for v in d["shape"]],
+            "is_constant": int(d["index"]) in constants,
+        }
+        for d in stepper.interpreter.get_tensor_details()
+    ]
+
+
 def _inspect_tflite(path: Path) -> dict:
     from .runtime.steppers import TFLiteStepper
 
@@ -76,14 +94,7 @@ def _inspect_tflite(path: Path) -> dict:
         stepper = TFLiteStepper(path)
     except (ValueError, RuntimeError) as exc:
         raise ModelFormatError(f"{path}: not a loadable TFLite step model ({str(exc).splitlines()[0]})") from None
-    ops = stepper.interpreter._get_ops_details()
-    produced = {int(i) for op in ops for i in op["outputs"]}
-    inputs = {int(d["index"]) for d in stepper.inputs.values()}
-    constants = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - inputs
-    tensors = [
-        {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": [int(v) for v in d["shape"]], "is_constant": int(d["index"]) in constants}
-        for d in stepper.interpreter.get_tensor_details()
-    ]
+    tensors = tensor_summary(stepper)
 
     def describe(details):
         return {

@@ -6,7 +6,6 @@ saved under a ``.keras`` name loads as what it is.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import ModelFormatError
@@ -55,10 +54,3 @@ def load_network(path) -> Network:
         return load_keras3_archive(path)
     raise ModelFormatError(f"{path.name}: ONNX import is not yet supported")
 
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
