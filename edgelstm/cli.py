@@ -33,7 +33,8 @@ def _add_convert(sub) -> None:
     p.add_argument("--group", help="CSV column that groups rows into sequences")
     p.add_argument("--eval", dest="eval_data", type=Path, help="held-out data for the report (default: a share of the calibration data)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of calibration sequences held out (default 0.2)")
-    p.add_argument("--max-samples", type=int, default=2000, help="representative steps given to the quantizers")
+    p.add_argument("--max-samples", type=int, default=20_000, help="representative steps for the TFLite quantizer (default 20000)")
+    p.add_argument("--onnx-samples", type=int, default=2_000, help="representative steps for onnxruntime's quantizer (default 2000; it holds all in memory)")
     p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
     p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -61,6 +62,7 @@ def _run_convert(args) -> int:
         eval_data=args.eval_data,
         holdout=args.holdout,
         max_samples=args.max_samples,
+        onnx_samples=args.onnx_samples,
         long_steps=args.long_steps,
         cell_groups=args.cell_groups,
         progress=not (args.quiet or args.json),

@@ -47,7 +47,8 @@ class ConvertOptions:
     group: str | None = None
     eval_data: Path | None = None
     holdout: float = 0.2
-    max_samples: int = 2000
+    max_samples: int = 20_000  # representative steps for the TFLite quantizer
+    onnx_samples: int = 2_000  # onnxruntime's calibrator keeps every intermediate tensor of every sample in memory
     long_steps: int = fidelity.LONG_STREAM_STEPS
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     seed: int = 0
@@ -140,6 +141,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
     plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
     state_ranges = plan.tensor_ranges(recording.unit_ranges)
     samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
+    onnx_samples = [plan.feed(sample) for sample in recording.samples(options.onnx_samples, seed=options.seed)]
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,9 @@ def convert(options: ConvertOptions, log=print) -> dict:
     with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
         for fmt, quant in jobs:
             try:
-                entry, stepper = _export_one(network, plan, fmt, quant, samples, state_ranges, out, Path(scratch), target)
+                entry, stepper = _export_one(
+                    network, plan, fmt, quant, samples if fmt == "tflite" else onnx_samples, state_ranges, out, Path(scratch), target
+                )
             except ConversionError as exc:
                 if quant == "int16x8":  # optional: converts only where the converter supports every op
                     skipped.append({"format": fmt, "quant": quant, "reason": str(exc)})
@@ -213,7 +217,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
             "calibration": str(calibration.source),
             "calibration_sequences": len(calibration_part.sequences),
             "calibration_steps": recording.n_steps,
-            "representative_samples": len(samples),
+            "representative_samples": {"tflite": len(samples), "onnx": len(onnx_samples)},
             "held_out_sequences": len(held_out.sequences),
             "holdout": None if options.eval_data else options.holdout,
             "seed": options.seed,
