@@ -36,6 +36,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--max-samples", type=int, default=20_000, help="representative steps for the TFLite quantizer (default 20000)")
     p.add_argument("--onnx-samples", type=int, default=2_000, help="representative steps for onnxruntime's quantizer (default 2000; it holds all in memory)")
     p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
+    p.add_argument("--window", type=int, help="the model was trained on fixed windows of N steps: the runtime will run window mode")
     p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -65,6 +66,7 @@ def _run_convert(args) -> int:
         onnx_samples=args.onnx_samples,
         long_steps=args.long_steps,
         cell_groups=args.cell_groups,
+        window=args.window,
         progress=not (args.quiet or args.json),
     )
     manifest = convert(options)

@@ -29,6 +29,7 @@ from .calibration import load_calibration
 from .errors import ConversionError
 from .export.state_plan import plan_states
 from .importers import load_network, sniff_format
+from .network_file import save_network
 from .normalization import Normalization
 from .targets import load_target
 
@@ -50,6 +51,7 @@ class ConvertOptions:
     max_samples: int = 20_000  # representative steps for the TFLite quantizer
     onnx_samples: int = 2_000  # onnxruntime's calibrator keeps every intermediate tensor of every sample in memory
     long_steps: int = fidelity.LONG_STREAM_STEPS
+    window: int | None = None  # the model was trained on windows of this many steps: the runtime runs window mode
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     seed: int = 0
     progress: bool = True
@@ -134,7 +136,6 @@ def convert(options: ConvertOptions, log=print) -> dict:
     else:
         calibration_part, held_out = calibration.split(options.holdout)
     calib_sequences = [normalization.apply(s) for s in calibration_part.sequences]
-    held_sequences = [normalization.apply(s) for s in held_out.sequences]
 
     with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
         recording = record(network, calib_sequences, progress=bar)
@@ -147,13 +148,16 @@ def convert(options: ConvertOptions, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("step_*"):
         stale.unlink()
-    jobs = [(fmt, q) for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "int16x8"))]
+    jobs = [(fmt, q, "quantized") for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "int16x8"))]
+    if ("tflite", "int8", "quantized") in jobs:  # and the variant the device runtime drives
+        jobs.insert(jobs.index(("tflite", "int8", "quantized")) + 1, ("tflite", "int8", "stream"))
     models, steppers, skipped = [], {}, []
     with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
-        for fmt, quant in jobs:
+        for fmt, quant, io in jobs:
             try:
                 entry, stepper = _export_one(
-                    network, plan, fmt, quant, samples if fmt == "tflite" else onnx_samples, state_ranges, out, Path(scratch), target
+                    network, plan, fmt, quant, io, samples if fmt == "tflite" else onnx_samples,
+                    state_ranges, normalization, out, Path(scratch), target,
                 )
             except ConversionError as exc:
                 if quant == "int16x8":  # optional: converts only where the converter supports every op
@@ -164,11 +168,13 @@ def convert(options: ConvertOptions, log=print) -> dict:
                 if bar is not None:
                     bar.update(1)
             models.append(entry)
-            steppers[f"{fmt} {quant}"] = stepper
+            if entry["input"] == "normalized":
+                stepper.set_normalization(normalization.offset, normalization.scale)
+            steppers[f"{fmt} {quant}" + (" stream" if io == "stream" else "")] = stepper
 
     with _progress(len(steppers), "fidelity", options.progress) as bar:
         report, traces = fidelity.build_report(
-            network, steppers, held_sequences, long_steps=options.long_steps, progress=bar
+            network, steppers, held_out.sequences, normalization, long_steps=options.long_steps, progress=bar
         )
     report["skipped"] = skipped
     files = []
@@ -177,6 +183,8 @@ def convert(options: ConvertOptions, log=print) -> dict:
     if fidelity.plot(report, traces, out / "report.png"):
         files.append({"file": "report.png", "sha256": sha256_of(out / "report.png")})
 
+    save_network(network, out / "network.npz")
+    files.append({"file": "network.npz", "sha256": sha256_of(out / "network.npz")})
     source_sha = sha256_of(options.model)
     bundle_id = hashlib.sha256("".join(m["sha256"] for m in models).encode()).hexdigest()[:16]
     raw_all = np.concatenate(calibration.sequences).astype(np.float64)
@@ -204,6 +212,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
             },
         },
         "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
+        "window": options.window,
         "state": [
             dict(entry, layer=network.lstm_layers[int(entry["name"].split("_")[1])].name,
                  range=list(state_ranges[entry["name"]]))
@@ -230,35 +239,41 @@ def convert(options: ConvertOptions, log=print) -> dict:
 
 
 def _default_model(models: list, target) -> str | None:
-    for preference in ((target.model, "tflite"), (target.model, "onnx"), ("float32", "tflite")):
-        for m in models:
-            if (m["quant"], m["format"]) == preference:
-                return m["file"]
+    """The file the runtime loads by default: the target's quantization, the stream variant
+    on CPU targets, the integer-I/O model where an Edge TPU delegate is named."""
+    io_order = ("quantized", "stream") if target.delegate else ("stream", "quantized", "float")
+    for quant, fmt in ((target.model, "tflite"), (target.model, "onnx"), ("float32", "tflite")):
+        for io in io_order + ("float",):
+            for m in models:
+                if (m["quant"], m["format"], m["io"]) == (quant, fmt, io):
+                    return m["file"]
     return models[0]["file"] if models else None
 
 
-def _export_one(network, plan, fmt, quant, samples, state_ranges, out: Path, scratch: Path, target):
+def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalization, out: Path, scratch: Path, target):
     from .export import onnx_step, tflite_step
     from .runtime.steppers import OnnxStepper
 
     if fmt == "tflite":
+        # Inputs stay normalised in every variant: one int8 grid for raw readings of sensors
+        # with different units would destroy the small ones (measured: 335 % RMSE/std).
+        path = out / (f"step_{quant}_stream.tflite" if io == "stream" else f"step_{quant}.tflite")
         representative = lambda: iter(samples)  # noqa: E731
         with quiet_native_output():
-            model = tflite_step.convert(network, plan, quant, representative=representative, batch=target.batch)
+            model = tflite_step.convert(network, plan, quant, representative=representative, batch=target.batch, io=io)
         if quant in ("int8", "int16x8"):
             model = tflite_step.tie_state_quantization(model, plan, state_ranges)
-        path = out / f"step_{quant}.tflite"
         path.write_bytes(model)
         tensors, ops, all_tensors, stepper = _tflite_tensors(path)
-        entry = _entry(path, fmt, quant, target.batch, tensors, ops)
-        if quant == "int8":
+        entry = _entry(path, fmt, quant, io, "normalized", target.batch, tensors, ops)
+        if quant == "int8" and io == "quantized":
             entry["edgetpu"] = edgetpu.check(ops, all_tensors, path.stat().st_size)
             entry["edgetpu"]["compiler_command"] = edgetpu.compiler_command(path)
         return entry, stepper
     if fmt == "onnx":
         import onnx
 
-        float_model = onnx_step.build_float_model(network, plan, batch=target.batch)
+        float_model = onnx_step.build_float_model(network, plan)
         float_path = out / "step_float32.onnx" if quant == "float32" else scratch / "step_float32.onnx"
         onnx.save(float_model, str(float_path))
         if quant == "float32":
@@ -270,15 +285,19 @@ def _export_one(network, plan, fmt, quant, samples, state_ranges, out: Path, scr
         else:
             raise ConversionError(f"ONNX export supports float32 and int8, not {quant}")
         ops = onnx_step.list_ops(onnx.load(str(path)))
-        return _entry(path, fmt, quant, target.batch, {}, ops), OnnxStepper(path)
+        return _entry(path, fmt, quant, "float", "normalized", "any", {}, ops), OnnxStepper(path)
     raise ConversionError(f"unknown format '{fmt}'; choose tflite or onnx")
 
 
-def _entry(path: Path, fmt, quant, batch, tensors, ops) -> dict:
+def _entry(path: Path, fmt, quant, io, input_units, batch, tensors, ops) -> dict:
+    """A manifest entry. ``io``: quantized (integer boundary), stream (float x and y, integer
+    state) or float; ``input``: whether ``x`` is normalised or in raw sensor units."""
     return {
         "file": path.name,
         "format": fmt,
         "quant": quant,
+        "io": io,
+        "input": input_units,
         "batch": batch,
         "bytes": path.stat().st_size,
         "sha256": sha256_of(path),

@@ -33,3 +33,11 @@ class TargetError(EdgeLSTMError):
 
 class ConversionError(EdgeLSTMError):
     """The exporter could not produce a model file (the reason is in the message)."""
+
+
+class InputError(EdgeLSTMError):
+    """A reading given to the runtime is unusable: wrong feature count, not numbers, NaN or Inf."""
+
+
+class BackendUnavailableError(EdgeLSTMError):
+    """The requested backend (or the Edge TPU delegate) is not installed here; says what to install."""

@@ -56,13 +56,14 @@ def long_stream(sequences: list, minimum: int = LONG_STREAM_STEPS) -> np.ndarray
     return np.concatenate(parts)[:max(minimum, 1)]
 
 
-def build_report(network, steppers: dict, held_out: list, long_steps: int = LONG_STREAM_STEPS, progress=None) -> dict:
-    """Compare every stepper (name -> stepper) with the reference on ``held_out`` (normalised)."""
+def build_report(network, steppers: dict, held_out: list, normalization, long_steps: int = LONG_STREAM_STEPS, progress=None) -> dict:
+    """Compare every stepper (name -> stepper, each taking raw readings) with the reference
+    on the raw ``held_out`` sequences."""
     reference = Reference(network)
-    float_outputs = [reference.run(s)[0] for s in held_out]
+    float_outputs = [reference.run(normalization.apply(s))[0] for s in held_out]
     float_flat = np.concatenate(float_outputs)
     stream_input = long_stream(held_out, long_steps)
-    float_stream = reference.run(stream_input)[0]
+    float_stream = reference.run(normalization.apply(stream_input))[0]
     block = max(1, len(stream_input) // BLOCKS)
     report = {
         "held_out": {"sequences": len(held_out), "steps": int(sum(len(s) for s in held_out))},

@@ -271,3 +271,4 @@ def fold_affine_layers(layers: list) -> list:
             )
             index += 1
     return result
+

@@ -25,14 +25,15 @@ PRIMITIVE_TFLITE_OPS = {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SP
 
 def _stream(stepper, sequence):
     stepper.reset()
-    return np.concatenate([stepper.step(sequence[t : t + 1]) for t in range(len(sequence))])
+    return np.concatenate([stepper.step(sequence[t : t + 1]).copy() for t in range(len(sequence))])
 
 
 def test_bundle_has_every_requested_file_and_a_complete_manifest(cmapss_bundle):
     bundle = Bundle.open(cmapss_bundle)
     m = bundle.manifest
-    assert {(e["format"], e["quant"]) for e in m["models"]} == {
-        ("tflite", "int8"), ("tflite", "float32"), ("onnx", "int8"), ("onnx", "float32")
+    assert {(e["format"], e["quant"], e["io"]) for e in m["models"]} == {
+        ("tflite", "int8", "quantized"), ("tflite", "int8", "stream"), ("tflite", "float32", "quantized"),
+        ("onnx", "int8", "float"), ("onnx", "float32", "float"),
     }
     assert m["source"]["format"] == "keras3" and len(m["source"]["sha256"]) == 64
     assert m["input"]["n_features"] == 14 and m["input"]["normalization"]["kind"] == "zscore"
@@ -44,7 +45,7 @@ def test_bundle_has_every_requested_file_and_a_complete_manifest(cmapss_bundle):
         assert sorted(u for s in cells for u in s["units"]) == list(range(units))
         assert sorted(state[f"h_{layer}"]["units"]) == list(range(units))
     assert m["outputs"] == [{"name": "y", "size": 1, "mode": "sequence"}]
-    assert m["default_model"] == "step_int8.tflite"
+    assert m["default_model"] == "step_int8_stream.tflite"  # what the CPU runtime drives
     assert {"tensorflow", "onnx", "onnxruntime", "numpy", "edgelstm"} <= set(m["tool_versions"])
     for entry in m["models"]:
         assert set(entry["ops"]) and len(entry["sha256"]) == 64
@@ -68,6 +69,15 @@ def test_float32_exports_match_keras(cmapss_bundle, keras):
             actual = _stream(stepper, x)
             scale = np.maximum(1.0, np.abs(expected))
             assert np.max(np.abs(actual - expected) / scale) <= 1e-5
+
+
+def test_stream_variant_keeps_integer_state_and_float_x_y(cmapss_bundle):
+    stepper = TFLiteStepper(cmapss_bundle / "step_int8_stream.tflite")
+    assert stepper.inputs["x"]["dtype"] == np.float32 and stepper.outputs["y"]["dtype"] == np.float32
+    assert set(stepper.ops()) <= PRIMITIVE_TFLITE_OPS | {"QUANTIZE", "DEQUANTIZE"}
+    for name in stepper.state_names:
+        assert stepper.inputs[name]["dtype"] == np.int8
+        assert stepper.inputs[name]["quantization"] == stepper.outputs[f"{name}_out"]["quantization"], name
 
 
 def test_int8_tflite_is_full_integer_from_primitive_ops_with_tied_state(cmapss_bundle):

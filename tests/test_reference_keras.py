@@ -108,5 +108,5 @@ def test_legacy_hdf5_converts_and_float_exports_match_tf_keras(legacy_model, tmp
     keras_outputs = np.stack([model.predict(x[None, : t + 1], verbose=0)[0] for t in (0, 9, 19, 39)])
     for stepper in (TFLiteStepper(out / "step_float32.tflite"), OnnxStepper(out / "step_float32.onnx")):
         stepper.reset()
-        steps = np.concatenate([stepper.step(x[t : t + 1]) for t in range(40)])
+        steps = np.concatenate([stepper.step(x[t : t + 1]).copy() for t in range(40)])
         assert np.max(np.abs(steps[[0, 9, 19, 39]] - keras_outputs)) <= TOLERANCE

@@ -70,8 +70,11 @@ class _GraphBuilder:
         raise ConversionError(f"activation '{name}' has no ONNX mapping")
 
 
-def build_float_model(network: Network, plan: StatePlan, batch: int = 1):
-    """The float32 step graph as an ``onnx.ModelProto`` (checked), state laid out by ``plan``."""
+def build_float_model(network: Network, plan: StatePlan, batch="batch"):
+    """The float32 step graph as an ``onnx.ModelProto`` (checked), state laid out by ``plan``.
+
+    The batch dimension is symbolic by default, so one file steps any number of streams.
+    """
     import onnx
     from onnx import TensorProto, helper
 

@@ -17,7 +17,7 @@ int8 inputs and outputs, builtin int8 ops only, calibrated on recorded ``(x, h, 
 from __future__ import annotations
 
 import contextlib
-import io
+import io as _io
 import os
 
 import numpy as np
@@ -102,8 +102,14 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     return module.step.get_concrete_function(), module
 
 
-def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1) -> bytes:
+def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
     """Convert the step graph to a TFLite flatbuffer.
+
+    ``io="quantized"`` (int8 and int16x8): every input and output is integer, the canonical
+    full-integer model (and the one the Edge TPU takes). ``io="stream"`` (int8 only): the
+    state stays integer at the boundary but ``x`` and ``y`` are float32, with QUANTIZE and
+    DEQUANTIZE ops inside the graph; the device runtime drives this one, because TFLite's
+    own (de)quantize ops cost a fraction of the numpy calls that would do it outside.
 
     ``representative`` is a callable returning an iterable of input lists (normalised x
     and states, float32, keyed by ``plan.input_names()``); required for ``int8`` and ``int16x8``.
@@ -123,18 +129,20 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
         converter.representative_dataset = representative
         if quant == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+            if io == "quantized":
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
             converter.inference_input_type = tf.int16
             converter.inference_output_type = tf.int16
-    log = io.StringIO()
+    log = _io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
-            return bytes(converter.convert())
+            model = bytes(converter.convert())
+        return strip_state_quantize_ops(model, plan) if (io == "stream" and quant == "int8") else model
     except Exception as exc:  # the converter raises many types; report its first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"TFLite converter failed for {quant}: {first}") from None
@@ -209,6 +217,51 @@ def tie_state_quantization(model: bytes, plan: StatePlan, ranges: dict) -> bytes
         if op is not None and op.opcodeIndex in concat_code:
             for part in op.inputs:
                 set_params(int(part), scale, zero_point, f"{name}_out part")
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def strip_state_quantize_ops(model: bytes, plan: StatePlan) -> bytes:
+    """Make the state tensors integer at the model boundary of a float-I/O int8 model.
+
+    The converter puts a QUANTIZE op after every float input and a DEQUANTIZE op before
+    every float output. For each state tensor this removes that pair and makes the integer
+    tensor itself the model's input (or output), exactly what the converter does for all
+    of them when asked for integer I/O; ``x`` and ``y`` keep their float boundary.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    import flatbuffers
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    subgraph = parsed.subgraphs[0]
+    signature = parsed.signatureDefs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in parsed.operatorCodes]
+    by_name = {}
+    for item in list(signature.inputs) + list(signature.outputs):
+        by_name[item.name.decode() if isinstance(item.name, bytes) else item.name] = item
+    remove = set()
+    replace_inputs, replace_outputs = {}, {}
+    for name in plan.state_names():
+        float_in = by_name[name].tensorIndex
+        consumers = [i for i, op in enumerate(subgraph.operators) if float_in in list(op.inputs)]
+        if len(consumers) != 1 or codes[subgraph.operators[consumers[0]].opcodeIndex] != schema.BuiltinOperator.QUANTIZE:
+            raise ConversionError(f"state input '{name}' is not read through one QUANTIZE op")
+        quantized = int(subgraph.operators[consumers[0]].outputs[0])
+        remove.add(consumers[0])
+        replace_inputs[float_in] = quantized
+        by_name[name].tensorIndex = quantized
+        float_out = by_name[f"{name}_out"].tensorIndex
+        producers = [i for i, op in enumerate(subgraph.operators) if float_out in list(op.outputs)]
+        if len(producers) != 1 or codes[subgraph.operators[producers[0]].opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:
+            raise ConversionError(f"state output '{name}_out' is not written through one DEQUANTIZE op")
+        quantized = int(subgraph.operators[producers[0]].inputs[0])
+        remove.add(producers[0])
+        replace_outputs[float_out] = quantized
+        by_name[f"{name}_out"].tensorIndex = quantized
+    subgraph.inputs = [replace_inputs.get(int(i), int(i)) for i in subgraph.inputs]
+    subgraph.outputs = [replace_outputs.get(int(i), int(i)) for i in subgraph.outputs]
+    subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i not in remove]
     builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

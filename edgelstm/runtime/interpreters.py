@@ -13,7 +13,7 @@ import warnings
 TFLITE_MODULES = (
     ("litert", "ai_edge_litert.interpreter"),
     ("tflite_runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
+    ("tensorflow", "tensorflow.lite.python.interpreter"),  # tf.lite.Interpreter itself is gone from the 2.21 API
 )
 
 

@@ -1,0 +1,458 @@
+"""The streaming runtime: one reading per call, state kept between calls, many streams at once.
+
+``edgelstm.load(bundle)`` returns a :class:`StreamRuntime`. Each ``step(x)`` takes one
+reading per stream in raw sensor units, applies the manifest's normalisation, runs one
+timestep of the step model and returns the outputs. The recurrent state stays inside the
+model's buffers (int8 for int8 models) from one call to the next.
+
+Streams: ``streams=K`` steps K independent streams (K machines) in one call. The step
+model's batch dimension is resized to K when it is loaded, so one ``Invoke`` serves all of
+them; each stream's state is one row of the state tensors.
+
+Bad readings (wrong feature count, not numbers, NaN or Inf) raise :class:`InputError` by
+default (``on_bad_input="error"``). ``"skip"`` drops the reading: that stream's state is
+left exactly as it was and its output is NaN. ``"hold"`` replaces each bad value by the
+stream's last good value of that feature (a stream with no good reading yet is skipped).
+A rejected reading never changes a stream's state.
+
+Window mode (models trained on fixed windows; the manifest's ``window``): a ring buffer
+keeps each stream's last N readings and every step runs the model over them from a
+fresh state; until a stream has N readings its output is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import BackendUnavailableError, BundleError, InputError
+from .interpreters import available_backends, tflite_interpreter_module
+
+BAD_INPUT_POLICIES = ("error", "skip", "hold")
+TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
+BACKENDS = TFLITE_BACKENDS + ("onnxruntime", "numpy")
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_HELP = (
+    "install the Edge TPU runtime from Coral's apt repository (packages.cloud.google.com/apt, "
+    "coral-edgetpu-stable): sudo apt-get install libedgetpu1-std; then compile the int8 model "
+    "with edgetpu_compiler (see `edgelstm inspect BUNDLE --target coral-usb`) and put the "
+    "*_edgetpu.tflite file in the bundle"
+)
+
+
+def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, model: str | None = None,
+         on_bad_input: str = "error", window: int | None = None, delegate: str | None = "target") -> "StreamRuntime":
+    """Open a bundle for streaming.
+
+    ``backend``: ``auto`` (the best installed: LiteRT, tflite_runtime, tensorflow.lite,
+    onnxruntime, numpy), or one of those names. ``model``: a file of the bundle or a
+    quantization (``int8``, ``float32``...); default: the manifest's choice for its target.
+    ``delegate``: ``"target"`` loads the Edge TPU delegate when the bundle's target names
+    it, ``None`` never does, or a library name.
+    """
+    if on_bad_input not in BAD_INPUT_POLICIES:
+        raise ValueError(f"on_bad_input must be one of {', '.join(BAD_INPUT_POLICIES)}")
+    if streams < 1:
+        raise ValueError("streams must be at least 1")
+    opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    manifest = opened.manifest
+    if delegate == "target":
+        delegate = manifest.get("target", {}).get("delegate")
+    names = [backend] if backend != "auto" else [b for b in BACKENDS if b in available_backends()]
+    errors = []
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend '{name}'; choose auto or one of {', '.join(BACKENDS)}")
+        entry = _choose_model(opened, name, model, delegate)
+        if entry is None:
+            errors.append(f"{name}: no suitable model in the bundle")
+            continue
+        try:
+            stepper = _open_stepper(opened, name, entry, threads, streams, delegate)
+        except ImportError as exc:
+            if backend != "auto":
+                raise BackendUnavailableError(f"backend '{name}' is not installed here ({exc})") from None
+            errors.append(f"{name}: {exc}")
+            continue
+        return StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"))
+    raise BackendUnavailableError(f"{opened.path}: no backend can run this bundle ({'; '.join(errors)})")
+
+
+def _choose_model(bundle: Bundle, backend: str, model: str | None, delegate: str | None) -> dict | None:
+    fmt = {"onnxruntime": "onnx", "numpy": "numpy"}.get(backend, "tflite")
+    if fmt == "numpy":
+        return {"file": "network.npz", "format": "numpy", "quant": "float32", "io": "float", "input": "normalized"}
+    candidates = bundle.models(fmt)
+    if model:
+        by_file = [m for m in candidates if m["file"] == model]
+        if by_file:
+            return by_file[0]
+        candidates = [m for m in candidates if m["quant"] == model]
+    else:
+        default = bundle.manifest.get("default_model")
+        wanted = next((m["quant"] for m in bundle.manifest["models"] if m["file"] == default), "int8")
+        candidates = [m for m in candidates if m["quant"] == wanted] or candidates
+    io_order = ("quantized", "stream", "float") if delegate else ("stream", "float", "quantized")
+    for io in io_order:
+        for m in candidates:
+            if m.get("io", "quantized") == io:
+                return m
+    return None
+
+
+def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, streams: int, delegate: str | None):
+    from .steppers import NumpyStepper, OnnxStepper, TFLiteStepper
+
+    if backend == "numpy":
+        from ..network_file import load_network_file
+
+        network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
+        return NumpyStepper(network, batch=streams)
+    if backend == "onnxruntime":
+        return OnnxStepper(bundle.file(entry), threads=threads, batch=streams)
+    _, module = tflite_interpreter_module(backend)
+    delegates = None
+    path = bundle.file(entry)
+    if delegate:
+        compiled = path.with_name(path.stem + "_edgetpu.tflite")
+        try:
+            delegates = [module.load_delegate(delegate)]
+        except (ValueError, OSError, AttributeError) as exc:
+            raise BackendUnavailableError(
+                f"the Edge TPU delegate {delegate} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                f"{EDGETPU_HELP}; or load the bundle with delegate=None to run on the CPU"
+            ) from None
+        if compiled.exists():
+            path = compiled
+    return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
+
+
+class StreamRuntime:
+    """A bundle's step model, stepping ``streams`` independent streams one reading at a time."""
+
+    def __init__(self, bundle: Bundle, backend: str, entry: dict, stepper, streams: int, on_bad_input: str, window: int | None):
+        self.bundle = bundle
+        self.backend = backend
+        self.model_file = entry["file"]
+        self.model_entry = entry
+        self.streams = streams
+        self.on_bad_input = on_bad_input
+        self.window = int(window) if window else None
+        self._stepper = stepper
+        manifest = bundle.manifest
+        self.n_features = int(manifest["input"]["n_features"])
+        self.feature_names = list(manifest["input"].get("features") or [f"f{i}" for i in range(self.n_features)])
+        self.output_size = int(manifest["outputs"][0]["size"])
+        normalization = manifest["input"]["normalization"]
+        self._offset = np.asarray(normalization["offset"], np.float32)
+        self._scale = np.asarray(normalization["scale"], np.float32)
+        if entry.get("input", "normalized") == "normalized":
+            stepper.set_normalization(self._offset, self._scale)
+        self._ones = np.ones(self.n_features, np.float32)
+        self._batch = np.empty((streams, self.n_features), np.float32)
+        self._last_good = np.full((streams, self.n_features), np.nan, np.float32)
+        self._nan_output = np.full((streams, self.output_size), np.nan, np.float32)
+        self.steps = np.zeros(streams, np.int64)
+        self.counters = {"steps": 0, "rejected": 0, "held": 0}
+        self._state_layout = self._layout(manifest)
+        if self.window:
+            self._ring = np.zeros((streams, self.window, self.n_features), np.float32)
+            self._filled = np.zeros(streams, np.int64)
+            self._window_out = np.empty((streams, self.output_size), np.float32)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, x) -> np.ndarray:
+        """One reading per stream: ``(features,)`` with one stream, or ``(streams, features)``.
+
+        Returns the output ``(outputs,)`` or ``(streams, outputs)``: a read-only array that
+        the next step overwrites (copy it to keep it).
+        """
+        values = self._fast_path(x)
+        y = self._advance(values) if values is not None else self._checked_step(x)
+        return y[0] if (self.streams == 1 and np.ndim(x) == 1) else y
+
+    def _fast_path(self, x):
+        """The readings if they need no repair: a float array of the right shape, all finite
+        (one dot product tells: NaN and Inf propagate into it)."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            if x.shape == self._batch.shape or (self.streams == 1 and x.shape == (self.n_features,)):
+                values = x.reshape(self._batch.shape)
+                if math.isfinite(float(x.dot(self._ones) if x.ndim == 1 else values.sum())):
+                    if self.on_bad_input == "hold":
+                        self._last_good[...] = values
+                    return values
+        return None
+
+    def _advance(self, values) -> np.ndarray:
+        y = self._window_step(values) if self.window else self._stepper.step(values)
+        self.steps += 1
+        self.counters["steps"] += 1
+        return y
+
+    def _checked_step(self, x) -> np.ndarray:
+        """Validate readings the fast path refused and apply the bad-input policy."""
+        try:
+            array = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            return self._reject_all(f"reading is not an array of numbers ({exc})")
+        if array.dtype.kind not in "fiu":
+            return self._reject_all(f"reading has dtype {array.dtype}; expected numbers")
+        expected = (self.streams, self.n_features)
+        if array.shape == (self.n_features,) and self.streams == 1:
+            array = array.reshape(expected)
+        if array.shape != expected:
+            got = array.shape[-1] if array.ndim else 0
+            if got != self.n_features:
+                return self._reject_all(
+                    f"reading has {got} features, the model expects {self.n_features} ({', '.join(self.feature_names)})"
+                )
+            return self._reject_all(f"readings have shape {array.shape}; expected {expected} for {self.streams} stream(s)")
+        values = array.astype(np.float32)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            stream, feature = (int(v) for v in np.argwhere(bad)[0])
+            if self.on_bad_input == "error":
+                raise InputError(
+                    f"stream {stream}: feature '{self.feature_names[feature]}' (index {feature}) is "
+                    f"{values[stream, feature]}; the reading was rejected and no state changed"
+                )
+            rows_bad = bad.any(axis=1)
+            if self.on_bad_input == "hold":
+                held = np.where(bad, self._last_good, values)
+                fixable = rows_bad & np.isfinite(held).all(axis=1)
+                self.counters["held"] += int(fixable.sum())
+                values, rows_bad = held, rows_bad & ~fixable
+            if rows_bad.all():
+                self.counters["rejected"] += self.streams
+                return self._nan_output
+            if rows_bad.any():
+                return self._step_some(values, rows_bad)
+        if self.on_bad_input == "hold":
+            self._last_good[...] = values
+        return self._advance(values)
+
+    def _reject_all(self, message: str) -> np.ndarray:
+        if self.on_bad_input == "error":
+            raise InputError(f"{message}; the reading was rejected and no state changed")
+        if self.on_bad_input == "hold" and np.isfinite(self._last_good).all():
+            self.counters["held"] += self.streams
+            return self._advance(self._last_good.copy())
+        self.counters["rejected"] += self.streams
+        return self._nan_output
+
+    def _step_some(self, values, rows_bad) -> np.ndarray:
+        """Step only the good rows: the bad rows' state (and window) is put back after the call."""
+        saved = [s[rows_bad].copy() for s in self._stepper.state]
+        if self.window:
+            saved_ring, saved_filled = self._ring[rows_bad].copy(), self._filled[rows_bad].copy()
+        good = ~rows_bad
+        self._last_good[good] = values[good]
+        values = values.copy()
+        values[rows_bad] = self._offset  # any finite reading; its effect is undone below
+        y = self._advance(values).copy()
+        for array, rows in zip(self._stepper.state, saved):
+            array[rows_bad] = rows
+        if self.window:
+            self._ring[rows_bad], self._filled[rows_bad] = saved_ring, saved_filled
+        y[rows_bad] = np.nan
+        self.counters["rejected"] += int(rows_bad.sum())
+        self.steps -= rows_bad.astype(np.int64)
+        return y
+
+    def _window_step(self, batch):
+        self._ring[:, :-1] = self._ring[:, 1:]
+        self._ring[:, -1] = batch
+        self._filled = np.minimum(self._filled + 1, self.window)
+        self._stepper.reset()
+        for t in range(self.window):
+            y = self._stepper.step(self._ring[:, t])
+        np.copyto(self._window_out, y)
+        self._window_out[self._filled < self.window] = np.nan
+        return self._window_out
+
+    def run(self, sequence) -> np.ndarray:
+        """Step through a whole array: ``(T, features)`` (one stream) or ``(T, streams, features)``.
+
+        Returns a new array of outputs ``(T, outputs)`` or ``(T, streams, outputs)``.
+        """
+        sequence = np.asarray(sequence)
+        shape = (len(sequence), self.output_size) if sequence.ndim == 2 else (len(sequence), self.streams, self.output_size)
+        out = np.empty(shape, np.float32)
+        for t in range(len(sequence)):
+            out[t] = self.step(sequence[t])
+        return out
+
+    # ------------------------------------------------------------------ state
+    def reset(self, stream: int | None = None) -> None:
+        """Zero the state of every stream, or of one."""
+        rows = None if stream is None else self._row(stream)
+        self._stepper.reset(rows)
+        if stream is None:
+            self.steps[:] = 0
+            self._last_good[...] = np.nan
+        else:
+            self.steps[rows] = 0
+            self._last_good[rows] = np.nan
+        if self.window:
+            if stream is None:
+                self._filled[:] = 0
+            else:
+                self._filled[rows] = 0
+
+    def get_state(self, stream: int | None = None) -> dict:
+        """The state as plain numpy arrays plus metadata.
+
+        ``state``: each LSTM layer's ``h_k`` and ``c_k`` as float32 ``(streams, units)`` in the
+        source model's unit order (portable across backends and models of the bundle);
+        ``raw``: the model's own state tensors as held (int8 for int8 models), for bit-exact
+        restores into the same model file.
+        """
+        rows = slice(None) if stream is None else slice(self._row(stream), self._row(stream) + 1)
+        stepper = self._stepper
+        logical = {}
+        for k, (name, array) in enumerate(zip(stepper.state_names, stepper.state)):
+            base, units, size = self._state_layout[name]
+            values = stepper.state_to_float(k, array[rows])
+            target = logical.setdefault(base, np.zeros((values.shape[0], size), np.float32))
+            target[:, units] = values
+        state = {
+            "bundle_id": self.bundle.bundle_id,
+            "model": self.model_file,
+            "backend": self.backend,
+            "streams": self.streams if stream is None else 1,
+            "steps": self.steps[rows].copy(),
+            "state": logical,
+            "raw": {name: array[rows].copy() for name, array in zip(stepper.state_names, stepper.state)},
+        }
+        if self.window:
+            state["window"] = self._ring[rows].copy()
+            state["window_filled"] = self._filled[rows].copy()
+        return state
+
+    def set_state(self, state: dict, stream: int | None = None) -> None:
+        """Restore a state from :meth:`get_state` (all streams, or into one stream)."""
+        if state.get("bundle_id") != self.bundle.bundle_id:
+            raise BundleError(
+                f"state belongs to bundle {state.get('bundle_id')!r}, this runtime runs {self.bundle.bundle_id!r}"
+            )
+        rows = slice(None) if stream is None else slice(self._row(stream), self._row(stream) + 1)
+        stepper = self._stepper
+        same_model = state.get("model") == self.model_file and set(state.get("raw", {})) == set(stepper.state_names)
+        for k, (name, array) in enumerate(zip(stepper.state_names, stepper.state)):
+            if same_model:
+                source = np.asarray(state["raw"][name])
+                if source.shape[1:] != array.shape[1:]:
+                    raise BundleError(f"state tensor '{name}' has shape {source.shape}, expected {array.shape}")
+                array[rows] = source
+            else:
+                base, units, _ = self._state_layout[name]
+                stepper.state_from_float(k, np.asarray(state["state"][base], np.float32)[:, units], rows)
+        self.steps[rows] = np.asarray(state.get("steps", 0))
+        if self.window and "window" in state:
+            self._ring[rows] = state["window"]
+            self._filled[rows] = state["window_filled"]
+
+    def save_state(self, path) -> None:
+        """Write the state atomically (temporary file, fsync, rename): a reboot mid-write
+        leaves the previous file intact."""
+        path = Path(path)
+        state = self.get_state()
+        arrays = {f"raw.{name}": value for name, value in state["raw"].items()}
+        arrays.update({f"state.{name}": value for name, value in state["state"].items()})
+        arrays["steps"] = state["steps"]
+        if self.window:
+            arrays["window"], arrays["window_filled"] = state["window"], state["window_filled"]
+        meta = {k: state[k] for k in ("bundle_id", "model", "backend", "streams")}
+        meta["saved"] = time.time()
+        arrays["meta"] = np.array(json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, **arrays)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def load_state(self, path) -> None:
+        """Restore a state written by :meth:`save_state` (same bundle; any model of it)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"{path}: unreadable state file ({exc})") from None
+        try:
+            meta = json.loads(str(arrays.pop("meta")))
+        except (KeyError, json.JSONDecodeError):
+            raise BundleError(f"{path}: not an edgelstm state file (no metadata)") from None
+        if int(meta.get("streams", 0)) != self.streams:
+            raise BundleError(f"{path}: state of {meta.get('streams')} stream(s), this runtime has {self.streams}")
+        state = dict(meta)
+        state["raw"] = {k[4:]: v for k, v in arrays.items() if k.startswith("raw.")}
+        state["state"] = {k[6:]: v for k, v in arrays.items() if k.startswith("state.")}
+        state["steps"] = arrays.get("steps", 0)
+        if "window" in arrays:
+            state["window"], state["window_filled"] = arrays["window"], arrays["window_filled"]
+        self.set_state(state)
+
+    # ------------------------------------------------------------------ helpers
+    def _row(self, stream: int) -> int:
+        if not 0 <= int(stream) < self.streams:
+            raise IndexError(f"stream {stream} out of range (0..{self.streams - 1})")
+        return int(stream)
+
+    def _layout(self, manifest: dict) -> dict:
+        """Model state tensor -> (logical name, unit indices, layer size)."""
+        sizes = {}
+        entries = {s["name"]: s for s in manifest["state"]}
+        for entry in manifest["state"]:
+            base = f"{entry['name'][0]}_{entry['name'].split('_')[1]}"
+            sizes[base] = sizes.get(base, 0) + (entry["size"] if entry["name"][0] == "c" else 0)
+        for entry in manifest["state"]:
+            if entry["name"][0] == "h":
+                sizes[entry["name"]] = entry["size"]
+        layout = {}
+        for name in self._stepper.state_names:
+            base = f"{name[0]}_{name.split('_')[1]}"
+            if name in entries and self.backend != "numpy":
+                units = np.asarray(entries[name]["units"], np.intp)
+            else:  # the numpy reference keeps the source order
+                units = np.arange(sizes[base], dtype=np.intp)
+            layout[name] = (base, units, sizes[base])
+        return layout
+
+    def describe(self) -> dict:
+        stepper = self._stepper
+        return {
+            "bundle": str(self.bundle.path),
+            "bundle_id": self.bundle.bundle_id,
+            "backend": self.backend,
+            "engine": getattr(stepper, "engine", self.backend),
+            "engine_version": getattr(stepper, "engine_version", None),
+            "model": self.model_file,
+            "quant": self.model_entry.get("quant"),
+            "streams": self.streams,
+            "window": self.window,
+            "features": self.feature_names,
+        }
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        return f"<StreamRuntime {d['model']} on {d['engine']} {d['engine_version'] or ''}, {d['streams']} stream(s)>"
