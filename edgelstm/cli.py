@@ -133,13 +133,58 @@ def _run_demo(args) -> int:
     return run_demo(args.out, progress=not args.quiet)
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="per-step latency, throughput and memory of a bundle, per backend")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--backend", default="auto", help="auto, all, or a comma list of litert,tflite_runtime,tensorflow,onnxruntime,numpy")
+    p.add_argument("--model", type=_csv_list, help="model file(s) or quantization(s) of the bundle (default: the manifest's)")
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", dest="json_out", type=Path, help="write the result as JSON to this file")
+    p.add_argument("--plot", type=Path, help="write a latency histogram PNG (needs matplotlib)")
+    p.set_defaults(handler=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from .profiler import format_table, plot, profile, write_json
+
+    backends = tuple(_csv_list(args.backend))
+    result = profile(args.bundle, backends=backends, steps=args.steps, warmup=args.warmup,
+                     streams=args.streams, threads=args.threads, models=args.model)
+    print(format_table(result))
+    if args.json_out:
+        write_json(result, args.json_out)
+    if args.plot:
+        print(f"plot: {args.plot}" if plot(result, args.plot) else "no plot: matplotlib is not installed")
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="stream readings from a CSV file or stdin through a bundle, one step per line")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--input", default="-", help="CSV file of readings, or - for stdin (default)")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="error")
+    p.add_argument("--state", type=Path, help="resume from this state file if it exists and save to it at the end")
+    p.set_defaults(handler=_run_run)
+
+
+def _run_run(args) -> int:
+    from .stream_cli import run_stream
+
+    return run_stream(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_convert, _add_inspect, _add_targets):
+    for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile):
         add(sub)
     return parser
 

@@ -23,7 +23,6 @@ fresh state; until a stream has N readings its output is NaN.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -35,6 +34,8 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InputError
 from .interpreters import available_backends, tflite_interpreter_module
+
+from math import isfinite as _isfinite
 
 BAD_INPUT_POLICIES = ("error", "skip", "hold")
 TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
@@ -156,12 +157,22 @@ class StreamRuntime:
         self._scale = np.asarray(normalization["scale"], np.float32)
         if entry.get("input", "normalized") == "normalized":
             stepper.set_normalization(self._offset, self._scale)
-        self._ones = np.ones(self.n_features, np.float32)
+        self._single = streams == 1
+        self._reading_shape = (self.n_features,) if self._single else (streams, self.n_features)
+        self._ones = np.ones(streams * self.n_features, np.float32)
         self._batch = np.empty((streams, self.n_features), np.float32)
-        self._last_good = np.full((streams, self.n_features), np.nan, np.float32)
+        self._last_good = np.full((streams, self.n_features), np.nan, np.float32) if on_bad_input == "hold" else None
         self._nan_output = np.full((streams, self.output_size), np.nan, np.float32)
-        self.steps = np.zeros(streams, np.int64)
-        self.counters = {"steps": 0, "rejected": 0, "held": 0}
+        self._nan_output.flags.writeable = False
+        self._plain = not window
+        self._stepper_step = stepper.step
+        # TFLite steppers return the same read-only buffer every step: keep its row view
+        self._y_stable = getattr(stepper, "_y_result", None)
+        self._y_row = self._y_stable[0] if self._y_stable is not None else None
+        self._total = 0  # steps taken; per-stream counts are _total - _base
+        self._base = np.zeros(streams, np.int64)
+        self._rejected = 0
+        self._held = 0
         self._state_layout = self._layout(manifest)
         if self.window:
             self._ring = np.zeros((streams, self.window, self.n_features), np.float32)
@@ -174,27 +185,38 @@ class StreamRuntime:
 
         Returns the output ``(outputs,)`` or ``(streams, outputs)``: a read-only array that
         the next step overwrites (copy it to keep it).
-        """
-        values = self._fast_path(x)
-        y = self._advance(values) if values is not None else self._checked_step(x)
-        return y[0] if (self.streams == 1 and np.ndim(x) == 1) else y
 
-    def _fast_path(self, x):
-        """The readings if they need no repair: a float array of the right shape, all finite
-        (one dot product tells: NaN and Inf propagate into it)."""
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
-            if x.shape == self._batch.shape or (self.streams == 1 and x.shape == (self.n_features,)):
-                values = x.reshape(self._batch.shape)
-                if math.isfinite(float(x.dot(self._ones) if x.ndim == 1 else values.sum())):
-                    if self.on_bad_input == "hold":
-                        self._last_good[...] = values
-                    return values
-        return None
+        The fast path (a float array of the expected shape, all finite, no window) checks
+        finiteness with one dot product (NaN and Inf propagate into it) and goes straight
+        to the model; anything else goes through :meth:`_checked_step`.
+        """
+        try:
+            fast = x.shape == self._reading_shape and x.dtype.kind == "f" and _isfinite(x.reshape(-1).dot(self._ones) if not self._single else x.dot(self._ones))
+        except AttributeError:
+            fast = False
+        if fast and self._plain:
+            y = self._stepper_step(x)
+            self._total += 1
+            if self._last_good is not None:
+                self._last_good[...] = x
+            if self._single:
+                return self._y_row if y is self._y_stable else y[0]
+            return y
+        y = self._checked_step(x)
+        return y[0] if (self._single and np.ndim(x) == 1) else y
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Readings stepped so far, per stream (since its last reset)."""
+        return self._total - self._base
+
+    @property
+    def counters(self) -> dict:
+        return {"steps": self._total, "rejected": self._rejected, "held": self._held}
 
     def _advance(self, values) -> np.ndarray:
-        y = self._window_step(values) if self.window else self._stepper.step(values)
-        self.steps += 1
-        self.counters["steps"] += 1
+        y = self._window_step(values) if self.window else self._stepper_step(values)
+        self._total += 1
         return y
 
     def _checked_step(self, x) -> np.ndarray:
@@ -228,24 +250,28 @@ class StreamRuntime:
             if self.on_bad_input == "hold":
                 held = np.where(bad, self._last_good, values)
                 fixable = rows_bad & np.isfinite(held).all(axis=1)
-                self.counters["held"] += int(fixable.sum())
+                self._held += int(fixable.sum())
                 values, rows_bad = held, rows_bad & ~fixable
             if rows_bad.all():
-                self.counters["rejected"] += self.streams
+                self._rejected += self.streams
+                self._base += 1
+                self._total += 1
                 return self._nan_output
             if rows_bad.any():
                 return self._step_some(values, rows_bad)
-        if self.on_bad_input == "hold":
+        if self._last_good is not None:
             self._last_good[...] = values
         return self._advance(values)
 
     def _reject_all(self, message: str) -> np.ndarray:
         if self.on_bad_input == "error":
             raise InputError(f"{message}; the reading was rejected and no state changed")
-        if self.on_bad_input == "hold" and np.isfinite(self._last_good).all():
-            self.counters["held"] += self.streams
+        if self._last_good is not None and np.isfinite(self._last_good).all():
+            self._held += self.streams
             return self._advance(self._last_good.copy())
-        self.counters["rejected"] += self.streams
+        self._rejected += self.streams
+        self._base += 1
+        self._total += 1
         return self._nan_output
 
     def _step_some(self, values, rows_bad) -> np.ndarray:
@@ -254,7 +280,8 @@ class StreamRuntime:
         if self.window:
             saved_ring, saved_filled = self._ring[rows_bad].copy(), self._filled[rows_bad].copy()
         good = ~rows_bad
-        self._last_good[good] = values[good]
+        if self._last_good is not None:
+            self._last_good[good] = values[good]
         values = values.copy()
         values[rows_bad] = self._offset  # any finite reading; its effect is undone below
         y = self._advance(values).copy()
@@ -263,8 +290,8 @@ class StreamRuntime:
         if self.window:
             self._ring[rows_bad], self._filled[rows_bad] = saved_ring, saved_filled
         y[rows_bad] = np.nan
-        self.counters["rejected"] += int(rows_bad.sum())
-        self.steps -= rows_bad.astype(np.int64)
+        self._rejected += int(rows_bad.sum())
+        self._base += rows_bad.astype(np.int64)
         return y
 
     def _window_step(self, batch):
@@ -296,11 +323,11 @@ class StreamRuntime:
         rows = None if stream is None else self._row(stream)
         self._stepper.reset(rows)
         if stream is None:
-            self.steps[:] = 0
-            self._last_good[...] = np.nan
+            self._base[:] = self._total
         else:
-            self.steps[rows] = 0
-            self._last_good[rows] = np.nan
+            self._base[rows] = self._total
+        if self._last_good is not None:
+            self._last_good[slice(None) if rows is None else rows] = np.nan
         if self.window:
             if stream is None:
                 self._filled[:] = 0
@@ -355,7 +382,7 @@ class StreamRuntime:
             else:
                 base, units, _ = self._state_layout[name]
                 stepper.state_from_float(k, np.asarray(state["state"][base], np.float32)[:, units], rows)
-        self.steps[rows] = np.asarray(state.get("steps", 0))
+        self._base[rows] = self._total - np.asarray(state.get("steps", 0), np.int64)
         if self.window and "window" in state:
             self._ring[rows] = state["window"]
             self._filled[rows] = state["window_filled"]

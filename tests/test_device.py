@@ -1,0 +1,78 @@
+"""The device side: a runtime-only install, `edgelstm run`, `edgelstm profile`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from edgelstm.calibration import load_cmapss
+
+from .conftest import ROOT, TEST_SET, run_cli
+
+
+def test_runtime_extra_alone_runs_a_bundle_without_tensorflow(cmapss_bundle):
+    """A fresh venv with only `pip install edgelstm[runtime]`: numpy + LiteRT, no converter."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_minimal_check.py"), str(cmapss_bundle)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy_modules"] == []
+    assert report["backend"] == "litert" and report["model"] == "step_int8_stream.tflite"
+    assert not {"tensorflow", "tensorflow-cpu", "keras", "onnx", "onnxruntime", "h5py"} & set(report["installed_packages"])
+    assert {"numpy", "ai-edge-litert", "edgelstm"} <= set(report["installed_packages"])
+    assert "coral-usb" in report["targets"]  # the profiles are installed with the package
+
+
+def test_run_streams_a_csv_with_header_and_reports_bad_lines(cmapss_bundle, tmp_path):
+    engine = load_cmapss(TEST_SET).sequences[0][:5]
+    names = json.loads((cmapss_bundle / "manifest.json").read_text())["input"]["features"]
+    lines = [",".join(["cycle"] + names[::-1])]  # extra column, features in another order: taken by name
+    for t, row in enumerate(engine):
+        lines.append(",".join([str(t)] + [repr(float(v)) for v in row[::-1]]))
+    lines.insert(3, "1,2,oops")
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    result = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", "--on-bad-input", "skip")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("rejected") is not None for r in records] == [False, False, True, False, False, False]
+    assert records[2]["line"] == 4
+    import edgelstm
+
+    expected = edgelstm.load(cmapss_bundle).run(engine)
+    assert np.allclose([r["y"][0] for r in records if "y" in r], expected[:, 0], atol=1e-4)
+    assert "5 steps, 1 rejected" in result.stderr
+    strict = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", check=False)
+    assert strict.returncode == 2 and "line 4" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_run_reads_stdin_and_keeps_state_in_a_file(cmapss_bundle, tmp_path):
+    engine = load_cmapss(TEST_SET).sequences[1][:6]
+    text = "\n".join(" ".join(repr(float(v)) for v in row) for row in engine) + "\n"
+    state = tmp_path / "s.npz"
+    first = subprocess.run([sys.executable, "-m", "edgelstm", "run", str(cmapss_bundle), "--state", str(state), "--format", "csv"],
+                           input="\n".join(text.splitlines()[:3]) + "\n", capture_output=True, text=True, cwd=ROOT)
+    second = subprocess.run([sys.executable, "-m", "edgelstm", "run", str(cmapss_bundle), "--state", str(state), "--format", "csv"],
+                            input="\n".join(text.splitlines()[3:]) + "\n", capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    resumed = [float(line.split(",")[1]) for line in second.stdout.splitlines()[1:]]
+    import edgelstm
+
+    expected = edgelstm.load(cmapss_bundle).run(engine)[3:, 0]
+    assert np.allclose(resumed, expected, atol=1e-4)
+
+
+def test_profile_reports_every_backend_with_bare_invoke_rows(cmapss_bundle, tmp_path):
+    result = run_cli("profile", cmapss_bundle, "--backend", "all", "--steps", "300", "--warmup", "50",
+                     "--json", tmp_path / "p.json", "--plot", tmp_path / "p.png")
+    assert "bare invoke" in result.stdout and "step() / bare call" in result.stdout
+    data = json.loads((tmp_path / "p.json").read_text())
+    labels = {row["label"] for row in data["rows"]}
+    assert {"litert int8 step()", "litert int8 bare invoke", "onnxruntime int8 step()", "numpy float32 step()"} <= labels
+    for row in data["rows"]:
+        assert row["min_us"] <= row["p50_us"] <= row["p99_us"] <= row["max_us"]
+        assert row["steps_per_s"] > 0 and row["model_bytes"] > 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    streams = json.loads(run_cli("profile", cmapss_bundle, "--streams", "8", "--steps", "200", "--json", tmp_path / "s.json").stdout and (tmp_path / "s.json").read_text())
+    assert streams["streams"] == 8 and streams["rows"][0]["per_stream_us"] < streams["rows"][0]["mean_us"]
