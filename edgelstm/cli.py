@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile):
         add(sub)
+    try:
+        from firmware_bridge.cli import add_commands as add_bridge_commands
+    except ImportError:  # installed without the bridge's dependencies (pyserial, cobs)
+        add_bridge_commands = None
+    if add_bridge_commands:
+        add_bridge_commands(sub)
     return parser
 
 

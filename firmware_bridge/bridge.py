@@ -1,0 +1,235 @@
+"""The bridge: serial bytes -> frames -> the runtime's ``step`` -> sinks.
+
+Two threads and a bounded queue between them:
+
+- the **reader** reads whatever the port has, decodes it (``frame`` or ``csv``) and puts each
+  reading on the queue without ever blocking: when the queue is full the reading is
+  dropped and counted (``queue_overflow``), so a slow sink can never stall the serial link
+  and no loss is silent. When the port fails (USB unplugged) it closes it, counts the
+  disconnect and reopens it with exponential backoff; the runtime's stream state carries
+  on across the gap, or is reset when ``reset_on_reconnect`` is set.
+- the **worker** takes readings in order, calls the runtime's public ``step`` (the only
+  runtime API the bridge uses), evaluates the alarm rules and hands every event to the
+  sinks.
+
+``stop()`` drains the queue, flushes and closes the sinks and saves the runtime state if a
+state file was given; the CLI calls it on SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import serial
+
+from .alarms import AlarmRule
+from .protocol import CsvDecoder, FrameDecoder
+from .transport import open_port
+
+_RESET = object()  # queued by the reader after a reconnect when the stream must restart
+
+
+@dataclass
+class BridgeStats:
+    readings_queued: int = 0
+    readings_stepped: int = 0
+    readings_rejected: int = 0  # the runtime refused them (wrong channel count, NaN, ...)
+    queue_overflow: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    started: float = field(default_factory=time.time)
+    last_good_reading: float | None = None  # time.time() of the last stepped reading
+    step_seconds: list = field(default_factory=list)  # recent step latencies (bounded)
+
+
+class Bridge:
+    """Reads a serial port, steps a runtime, feeds sinks."""
+
+    def __init__(self, port: str, runtime, protocol: str = "frame", baud: int = 115200, sinks=(), alarms=(),
+                 device: str = "device", queue_size: int = 4096, reset_on_reconnect: bool = False,
+                 backoff: tuple = (0.05, 5.0), state_path=None, open_timeout: float | None = None):
+        if protocol not in ("frame", "csv"):
+            raise ValueError(f"unknown protocol {protocol!r}; choose frame or csv")
+        self.port_name = port
+        self.runtime = runtime
+        self.protocol = protocol
+        self.baud = baud
+        self.sinks = list(sinks)
+        self.alarms = [a if isinstance(a, AlarmRule) else AlarmRule.parse(a) for a in alarms]
+        self.device = device
+        self.reset_on_reconnect = reset_on_reconnect
+        self.backoff = backoff
+        self.state_path = state_path
+        self.open_timeout = open_timeout
+        self.decoder = FrameDecoder() if protocol == "frame" else CsvDecoder(runtime.n_features)
+        self.stats = BridgeStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._reader_done = threading.Event()
+        self._threads = []
+        self._port = None
+        self.error: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> "Bridge":
+        for sink in self.sinks:
+            bind = getattr(sink, "bind", None)
+            if bind:
+                bind(self)
+        self._threads = [
+            threading.Thread(target=self._read_loop, name="bridge-reader", daemon=True),
+            threading.Thread(target=self._work_loop, name="bridge-worker", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading, step what is queued, flush and close sinks, save the state."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._close_port()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # one failing sink must not keep the others from closing
+                self.error = self.error or exc
+        if self.state_path:
+            self.runtime.save_state(self.state_path)
+
+    def wait(self, condition, timeout: float) -> bool:
+        """Poll ``condition()`` until true or ``timeout`` seconds pass (for tests and tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.005)
+        return condition()
+
+    @property
+    def counters(self) -> dict:
+        """Every count the bridge keeps: decoder, queue, runtime and link."""
+        out = {f"frames_{k}" if k != "bytes" else "bytes": v for k, v in self.decoder.counters.as_dict().items()}
+        s = self.stats
+        out.update(
+            readings_queued=s.readings_queued, readings_stepped=s.readings_stepped, readings_rejected=s.readings_rejected,
+            queue_overflow=s.queue_overflow, disconnects=s.disconnects, reconnects=s.reconnects,
+        )
+        return out
+
+    # ---------------------------------------------------------------- reader
+    def _open(self) -> bool:
+        delay = self.backoff[0]
+        deadline = None if self.open_timeout is None else time.monotonic() + self.open_timeout
+        while not self._stop.is_set():
+            try:
+                self._port = open_port(self.port_name, self.baud)
+                return True
+            except (serial.SerialException, OSError, ValueError) as exc:
+                if deadline is not None and time.monotonic() > deadline:
+                    self.error = exc
+                    return False
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff[1])
+        return False
+
+    def _close_port(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def _read_loop(self) -> None:
+        try:
+            if not self._open():
+                return
+            while not self._stop.is_set():
+                try:
+                    data = self._port.read(max(1, self._port.in_waiting))
+                except (serial.SerialException, OSError, TypeError, AttributeError):
+                    self._reconnect()
+                    continue
+                if data:
+                    self._enqueue(self.decoder.feed(data))
+        finally:
+            self._reader_done.set()
+
+    def _enqueue(self, frames) -> None:
+        put = self._queue.put_nowait
+        for frame in frames:
+            try:
+                put((frame, time.monotonic_ns()))
+                self.stats.readings_queued += 1
+            except queue.Full:
+                self.stats.queue_overflow += 1
+
+    def _reconnect(self) -> None:
+        self.stats.disconnects += 1
+        self._close_port()
+        self.decoder.reset_sequence()
+        if self.reset_on_reconnect:
+            try:
+                self._queue.put_nowait((_RESET, 0))
+            except queue.Full:
+                self.stats.queue_overflow += 1
+        if self._open():
+            self.stats.reconnects += 1
+
+    # ---------------------------------------------------------------- worker
+    def _work_loop(self) -> None:
+        get = self._queue.get
+        while True:
+            try:
+                frame, arrived = get(timeout=0.02)
+            except queue.Empty:
+                if self._stop.is_set() and self._reader_done.is_set():
+                    return
+                continue
+            if frame is _RESET:
+                self.runtime.reset()
+                continue
+            self._handle(frame, arrived)
+
+    def _handle(self, frame, arrived_ns: int) -> None:
+        start = time.perf_counter()
+        try:
+            y = self.runtime.step(frame.values)
+        except Exception as exc:  # the runtime's InputError under the "error" policy, and anything else
+            self.stats.readings_rejected += 1
+            self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": str(exc)})
+            return
+        elapsed = time.perf_counter() - start
+        values = [float(v) for v in np.ravel(y)]
+        if values and values[0] != values[0]:  # NaN: the runtime skipped a bad reading
+            self.stats.readings_rejected += 1
+            self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": "bad reading skipped"})
+            return
+        stats = self.stats
+        stats.readings_stepped += 1
+        stats.last_good_reading = time.time()
+        if len(stats.step_seconds) < 100_000:
+            stats.step_seconds.append(elapsed)
+        event = {
+            "event": "prediction", "device": self.device, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
+            "time": stats.last_good_reading, "y": values, "step_us": elapsed * 1e6, "arrived_ns": arrived_ns,
+        }
+        self._emit(event)
+        for rule in self.alarms:
+            change = rule.update(values)
+            if change:
+                self._emit({"event": change, "device": self.device, "rule": rule.name, "value": values[rule.output],
+                            "seq": frame.sequence, "time": stats.last_good_reading})
+
+    def _emit(self, event: dict) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # a broken sink is recorded, never fatal for the stream
+                self.error = exc

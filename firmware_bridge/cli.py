@@ -1,0 +1,152 @@
+"""``edgelstm bridge`` and ``edgelstm simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bridge", help="read sensor frames from a serial port, step the runtime, publish predictions")
+    p.add_argument("--port", required=True, help="device path (/dev/ttyACM0) or pyserial URL (loop://, socket://host:port, rfc2217://...)")
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--protocol", choices=("frame", "csv"), default="frame")
+    p.add_argument("--sink", action="append", default=[],
+                   help="stdout (default), csv:PATH, mqtt://[user:pass@]host[:port][/prefix], mqtts://..., prometheus[:PORT] (repeatable)")
+    p.add_argument("--sync-every", type=int, default=100, help="CSV sink: flush and fsync every N lines")
+    p.add_argument("--mqtt-ca", help="CA file for mqtts://")
+    p.add_argument("--metrics-address", default="127.0.0.1", help="address the Prometheus endpoint binds (default 127.0.0.1)")
+    p.add_argument("--alarm", action="append", default=[], help="alarm rule, e.g. 'y0<30:35' (alarm below 30, clear above 35)")
+    p.add_argument("--device", default=None, help="device name in events and topics (default: the port's name)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="skip")
+    p.add_argument("--state", type=Path, help="resume the stream state from this file and save it on exit")
+    p.add_argument("--reset-on-reconnect", action="store_true", help="restart the stream state after the device reconnects")
+    p.add_argument("--queue", type=int, default=4096, help="readings buffered between reader and worker")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(handler=run_bridge)
+
+    s = sub.add_parser("simulate", help="play C-MAPSS engines as an MCU would, on a pty or a TCP port")
+    s.add_argument("--dataset", default="cmapss-fd001", choices=("cmapss-fd001",))
+    s.add_argument("--split", default="test", choices=("test", "train"))
+    s.add_argument("--unit", type=int, action="append", help="engine number(s) (default: all)")
+    s.add_argument("--rate", type=float, default=10.0, help="readings per second (0: as fast as possible)")
+    s.add_argument("--protocol", choices=("frame", "csv"), default="frame")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", action="store_true", help="make a pseudo-terminal and print the path to open")
+    where.add_argument("--port", help="write to this serial device or pyserial URL")
+    where.add_argument("--listen", help="serve on HOST:PORT (the bridge connects with socket://HOST:PORT)")
+    s.add_argument("--noise-every", type=int, default=0)
+    s.add_argument("--drop-every", type=int, default=0)
+    s.add_argument("--flip-every", type=int, default=0)
+    s.add_argument("--disconnect-every", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(handler=run_simulate)
+
+
+def build_sinks(args, runtime, device: str) -> list:
+    from .sinks import CsvFileSink, JsonLinesSink, MqttSink, PrometheusSink
+
+    sinks = []
+    for spec in args.sink or ["stdout"]:
+        if spec == "stdout":
+            sinks.append(JsonLinesSink())
+        elif spec.startswith("csv:"):
+            sinks.append(CsvFileSink(spec[4:], runtime.output_size, sync_every=args.sync_every))
+        elif spec.startswith(("mqtt://", "mqtts://")):
+            url = urlparse(spec)
+            tls = url.scheme == "mqtts"
+            sinks.append(MqttSink(host=url.hostname or "127.0.0.1", port=url.port or (8883 if tls else 1883),
+                                  prefix=(url.path or "/edgelstm").strip("/") or "edgelstm", device=device,
+                                  username=url.username, password=url.password,
+                                  tls_ca=args.mqtt_ca if tls else None))
+        elif spec.startswith("prometheus"):
+            port = int(spec.split(":", 1)[1]) if ":" in spec else 9108
+            sinks.append(PrometheusSink(port=port, address=args.metrics_address))
+        else:
+            raise SystemExit(f"edgelstm: error: unknown sink {spec!r}")
+    return sinks
+
+
+def run_bridge(args) -> int:
+    import edgelstm
+
+    from .bridge import Bridge
+
+    runtime = edgelstm.load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
+    if args.state and args.state.exists():
+        runtime.load_state(args.state)
+    device = args.device or Path(urlparse(args.port).path or args.port).name or "device"
+    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=build_sinks(args, runtime, device),
+                    alarms=args.alarm, device=device, queue_size=args.queue, reset_on_reconnect=args.reset_on_reconnect,
+                    state_path=args.state)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    bridge.start()
+    print(f"edgelstm bridge: {args.port} ({args.protocol}) -> {runtime.model_file} on {runtime.backend}", file=sys.stderr)
+    done.wait(args.duration)
+    bridge.stop()
+    print("edgelstm bridge: " + ", ".join(f"{k} {v}" for k, v in bridge.counters.items()), file=sys.stderr)
+    return 0
+
+
+def run_simulate(args) -> int:
+    from .simulator import Faults, Simulator, cmapss_units
+    from .transport import PtyLink, open_port
+
+    faults = Faults(args.noise_every, args.drop_every, args.flip_every, args.disconnect_every, seed=args.seed)
+    simulator = Simulator(cmapss_units(args.unit, args.split), rate=args.rate, protocol=args.protocol, faults=faults)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.pty:
+        with PtyLink() as link:
+            print(link.path, flush=True)
+            truth = simulator.play(link.write, link.unplug, link.replug, stop=stop)
+            stop.wait(0.5)  # let the reader drain before the pty closes
+    elif args.listen:
+        truth = _serve(simulator, args.listen, stop)
+    else:
+        port = open_port(args.port)
+        truth = simulator.play(port.write, stop=stop)
+        port.flush()
+        port.close()
+    print(f"simulated {truth.readings} readings: {truth.sent} sent intact, {truth.dropped} dropped, "
+          f"{truth.flipped} bit-flipped, {truth.noise_bursts} noise bursts, {truth.disconnects} disconnects", file=sys.stderr)
+    return 0
+
+
+def _serve(simulator, address: str, stop) -> object:
+    """A TCP server standing in for a networked serial device; disconnect = drop the client."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    server = socket.create_server((host, int(port)))
+    print(f"socket://{host}:{port}", flush=True)
+    state = {}
+
+    def accept():
+        connection, _ = server.accept()
+        state["connection"] = connection
+
+    def write(data):
+        while "connection" not in state:
+            accept()
+        state["connection"].sendall(data)
+
+    def unplug():
+        state.pop("connection").close()
+
+    try:
+        return simulator.play(write, unplug, lambda: None, stop=stop)
+    finally:
+        if "connection" in state:
+            state["connection"].close()
+        server.close()

@@ -1,0 +1,212 @@
+"""Where the bridge's events go: stdout, a CSV file, MQTT, a Prometheus endpoint.
+
+Every sink has ``emit(event)``, ``flush()`` and ``close()``; events are dicts with an
+``"event"`` key: ``prediction`` (``seq``, ``t_device_us``, ``time``, ``y``, ``step_us``),
+``alarm`` / ``clear`` (``rule``, ``value``) and ``rejected`` (``reason``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+
+class Sink:
+    def emit(self, event: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _public(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k not in ("arrived_ns",)}
+
+
+class JsonLinesSink(Sink):
+    """One JSON object per line on a text stream (stdout by default), flushed per line."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: dict) -> None:
+        self.stream.write(json.dumps(_public(event)) + "\n")
+        self.stream.flush()
+
+
+class CsvFileSink(Sink):
+    """Predictions appended to a CSV file, flushed and fsynced every ``sync_every`` lines."""
+
+    def __init__(self, path, outputs: int, sync_every: int = 100):
+        self.path = path
+        self.sync_every = max(1, int(sync_every))
+        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        self._file = open(path, "a", buffering=1 << 16)
+        if not exists:
+            self._file.write(",".join(["time", "device", "seq", "t_device_us"] + [f"y{i}" for i in range(outputs)]) + "\n")
+        self._pending = 0
+
+    def emit(self, event: dict) -> None:
+        if event["event"] != "prediction":
+            return
+        row = [f"{event['time']:.6f}", event["device"], str(event["seq"]), str(event["t_device_us"])]
+        self._file.write(",".join(row + [f"{v:.6g}" for v in event["y"]]) + "\n")
+        self._pending += 1
+        if self._pending >= self.sync_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+class MqttSink(Sink):
+    """Events published with paho-mqtt, QoS 1, one topic tree per device.
+
+    Topics: ``{prefix}/{device}/prediction``, ``.../alarm`` (alarm and clear events),
+    ``.../rejected``. paho keeps QoS 1 messages queued while the broker is away and resends
+    them after its automatic reconnect (``max_queued`` bounds that queue; ``dropped`` counts
+    what did not fit). TLS (``tls_ca``, optional client certificate) and user/password are
+    options, for a fleet of Pis reporting to one broker.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "edgelstm", device: str = "device",
+                 qos: int = 1, username: str | None = None, password: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, client_id: str | None = None,
+                 max_queued: int = 100_000, keepalive: int = 30):
+        import paho.mqtt.client as mqtt
+
+        self.prefix, self.device, self.qos = prefix.rstrip("/"), device, qos
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"edgelstm-{device}-{os.getpid()}",
+                                  clean_session=False)
+        if username:
+            self.client.username_pw_set(username, password)
+        if tls_ca or tls_cert:
+            self.client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key)
+        self.client.max_queued_messages_set(max_queued)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.connected = threading.Event()
+        self.client.on_connect = lambda client, userdata, flags, reason, properties: self.connected.set()
+        self.client.on_disconnect = lambda client, userdata, flags, reason, properties: self.connected.clear()
+        self.published = 0
+        self.queued_offline = 0
+        self.dropped = 0
+        self._queue_full, self._no_connection = mqtt.MQTT_ERR_QUEUE_SIZE, mqtt.MQTT_ERR_NO_CONN
+        self.client.connect_async(host, port, keepalive=keepalive)
+        self.client.loop_start()
+
+    def topic(self, kind: str) -> str:
+        return f"{self.prefix}/{self.device}/{kind}"
+
+    def emit(self, event: dict) -> None:
+        kind = {"prediction": "prediction", "alarm": "alarm", "clear": "alarm"}.get(event["event"], event["event"])
+        info = self.client.publish(self.topic(kind), json.dumps(_public(event)), qos=self.qos)
+        if info.rc == self._queue_full:  # the offline queue is full: this one is lost, and counted
+            self.dropped += 1
+        elif info.rc == self._no_connection:  # kept in paho's queue, sent after the reconnect
+            self.queued_offline += 1
+        else:
+            self.published += 1
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until queued messages are acknowledged (while connected), up to ``timeout``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.client.want_write() or self._unacked():
+            if time.monotonic() > deadline or not self.connected.is_set():
+                return
+            time.sleep(0.01)
+
+    def _unacked(self) -> bool:
+        return bool(getattr(self.client, "_out_messages", {}))
+
+    def close(self) -> None:
+        self.flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class PrometheusSink(Sink):
+    """A Prometheus endpoint with prometheus_client: frame counters, step latency, last
+    prediction, alarm state. Binds 127.0.0.1 unless told otherwise.
+
+    Counters are read from the bridge when Prometheus scrapes (a custom collector), so they
+    always equal what the bridge counted.
+    """
+
+    def __init__(self, port: int = 9108, address: str = "127.0.0.1", registry=None):
+        from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+        self.registry = registry or CollectorRegistry()
+        self.port, self.address = port, address
+        self.latency = Histogram(
+            "edgelstm_step_seconds", "Time of one runtime step", ["device"], registry=self.registry,
+            buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2),
+        )
+        self.prediction = Gauge("edgelstm_prediction", "Last prediction", ["device", "output"], registry=self.registry)
+        self.alarm = Gauge("edgelstm_alarm", "1 while an alarm rule is active", ["device", "rule"], registry=self.registry)
+        self._bridge = None
+        self._server = None
+
+    def bind(self, bridge) -> None:
+        """Called by the bridge at start: expose its counters and start the HTTP server."""
+        from prometheus_client import start_http_server
+
+        self._bridge = bridge
+        self.registry.register(_BridgeCollector(bridge))
+        for rule in bridge.alarms:
+            self.alarm.labels(bridge.device, rule.name).set(0)
+        self._server, self._thread = start_http_server(self.port, addr=self.address, registry=self.registry)
+
+    def emit(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "prediction":
+            self.latency.labels(event["device"]).observe(event["step_us"] / 1e6)
+            for index, value in enumerate(event["y"]):
+                self.prediction.labels(event["device"], str(index)).set(value)
+        elif kind in ("alarm", "clear"):
+            self.alarm.labels(event["device"], event["rule"]).set(1 if kind == "alarm" else 0)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _BridgeCollector:
+    def __init__(self, bridge):
+        self.bridge = bridge
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = self.bridge.counters
+        device = self.bridge.device
+        frames = CounterMetricFamily("edgelstm_frames", "Frames and lines by outcome", labels=["device", "outcome"])
+        for key, value in counters.items():
+            if key.startswith("frames_"):
+                frames.add_metric([device, key[len("frames_"):]], value)
+        yield frames
+        for key in ("readings_stepped", "readings_rejected", "queue_overflow", "disconnects", "reconnects"):
+            family = CounterMetricFamily(f"edgelstm_{key}", key.replace("_", " "), labels=["device"])
+            family.add_metric([device], counters[key])
+            yield family
+        last = self.bridge.stats.last_good_reading
+        age = GaugeMetricFamily("edgelstm_last_reading_age_seconds", "Seconds since the last good reading", labels=["device"])
+        import time
+
+        age.add_metric([device], (time.time() - last) if last else float("nan"))
+        yield age

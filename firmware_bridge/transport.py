@@ -1,0 +1,78 @@
+"""Opening the serial link: a device path or any pyserial URL, and a simulated USB unplug.
+
+``open_port`` accepts ``/dev/ttyACM0``, ``loop://``, ``socket://host:port``,
+``rfc2217://host:port`` and every other URL pyserial's ``serial_for_url`` knows, so tests and
+remote serial servers use the same code path as a USB cable.
+
+:class:`PtyLink` is the test double for real hardware that cannot exist here: a
+pseudo-terminal pair whose slave is reached through a stable symlink (like udev's
+``/dev/serial/by-id/...``); ``unplug()`` closes it (the bridge's reads fail as on a USB
+unplug) and ``replug()`` makes a new pair behind the same path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tty
+from pathlib import Path
+
+import serial
+
+
+def open_port(port: str, baud: int = 115200, timeout: float = 0.05):
+    """Open a serial device or pyserial URL, non-exclusive, with a short read timeout."""
+    return serial.serial_for_url(port, baudrate=baud, timeout=timeout)
+
+
+class PtyLink:
+    """A pseudo-terminal pair: the device writes to ``master``; the bridge opens ``path``."""
+
+    def __init__(self, path: str | None = None):
+        self._directory = None
+        if path is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="edgelstm-pty-")
+            path = str(Path(self._directory.name) / "ttySIM0")
+        self.path = path
+        self.master = self.slave = None
+        self.replug()
+
+    def replug(self) -> None:
+        """A fresh pty pair behind :attr:`path` (a device plugged in again)."""
+        self.close()
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no echo, no line editing: bytes pass untouched
+        temporary = f"{self.path}.new"
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        os.symlink(os.ttyname(self.slave), temporary)
+        os.replace(temporary, self.path)
+
+    def unplug(self) -> None:
+        """Close both ends: reads on the bridge side fail like a USB device removed."""
+        self.close()
+        if os.path.lexists(self.path):
+            os.unlink(self.path)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.master, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.master = self.slave = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unplug()
+        if self._directory is not None:
+            self._directory.cleanup()

@@ -1,0 +1,252 @@
+"""The bridge over real serial I/O: a pty pair and pyserial's loop://, fault injection with
+exact counts, reconnects, CSV, sinks, alarms, signals; and a hypothesis test of the decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edgelstm
+from firmware_bridge.alarms import AlarmRule
+from firmware_bridge.bridge import Bridge
+from firmware_bridge.protocol import INT16, CsvDecoder, FrameDecoder, encode_frame
+from firmware_bridge.simulator import Faults, Simulator, cmapss_units
+from firmware_bridge.sinks import CsvFileSink, PrometheusSink
+from firmware_bridge.transport import PtyLink
+
+from .conftest import ROOT
+
+
+class ListSink:
+    def __init__(self):
+        self.events = []
+
+    def emit(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+    def predictions(self):
+        return [e for e in self.events if e["event"] == "prediction"]
+
+
+def _start(bridge):
+    bridge.start()
+    assert bridge.wait(lambda: bridge._port is not None, 5), "bridge did not open the port"
+    return bridge
+
+
+@pytest.fixture(scope="module")
+def units():
+    return cmapss_units([1, 2, 3])
+
+
+def test_pty_fault_injection_exact_counts_and_no_frame_lost_or_doubled(cmapss_bundle, units):
+    runtime = edgelstm.load(cmapss_bundle)
+    sink = ListSink()
+    with PtyLink() as link:
+        bridge = _start(Bridge(link.path, runtime, sinks=[sink]))
+        simulator = Simulator(units, rate=0, faults=Faults(noise_every=7, drop_every=11, flip_every=13, seed=3))
+        truth = simulator.play(link.write)
+        assert bridge.wait(lambda: bridge.stats.readings_stepped >= truth.sent, 10)
+        bridge.stop()
+    c = bridge.counters
+    assert c["frames_good"] == truth.sent
+    assert c["frames_crc_failed"] + c["frames_malformed"] == truth.flipped + truth.noise_bursts
+    assert c["frames_dropped"] == truth.dropped + truth.flipped  # sequence numbers never received intact
+    assert c["frames_duplicates"] == 0 and c["queue_overflow"] == 0
+    assert [e["seq"] for e in sink.predictions()] == truth.intact_sequences  # none lost, none twice
+    # the predictions are the runtime's on exactly the intact readings, in order
+    readings = np.concatenate(units)
+    intact = readings[np.asarray(truth.intact_sequences)]
+    expected = edgelstm.load(cmapss_bundle).run(intact)[:, 0]
+    assert np.array_equal(np.array([e["y"][0] for e in sink.predictions()], np.float32), expected)
+
+
+def test_loop_url_and_int16_frames(cmapss_bundle, units):
+    runtime = edgelstm.load(cmapss_bundle)
+    sink = ListSink()
+    bridge = _start(Bridge("loop://", runtime, sinks=[sink]))
+    engine = units[0][:20]
+    for i, values in enumerate(engine):
+        bridge._port.write(encode_frame(i, i * 1000, values, INT16, scale=0.05))
+    assert bridge.wait(lambda: len(sink.predictions()) == 20, 5)
+    bridge.stop()
+    assert [e["t_device_us"] for e in sink.predictions()] == [i * 1000 for i in range(20)]
+    quantized = np.clip(np.rint(engine.astype(np.float64) / 0.05), -32768, 32767).astype(np.float32) * np.float32(0.05)
+    expected = edgelstm.load(cmapss_bundle).run(quantized)[:, 0]
+    assert np.allclose([e["y"][0] for e in sink.predictions()], expected)
+
+
+def test_csv_protocol_over_pty(cmapss_bundle, units):
+    runtime = edgelstm.load(cmapss_bundle)
+    sink = ListSink()
+    with PtyLink() as link:
+        bridge = _start(Bridge(link.path, runtime, protocol="csv", sinks=[sink]))
+        lines = [b"5,12.0,3\r\n"]  # the tail of a line the device was sending when we connected
+        for t, row in enumerate(units[0][:10]):
+            sep = [",", "\t", " "][t % 3]
+            stamp = f"{t * 100}{sep}" if t % 2 else ""
+            lines.append((stamp + sep.join(repr(float(v)) for v in row) + ("\r\n" if t % 2 else "\n")).encode())
+            if t == 4:
+                lines += [b"\r\n", b"hello world\n", b"1,2,3\n"]
+        link.write(b"".join(lines))
+        assert bridge.wait(lambda: len(sink.predictions()) == 10, 5)
+        bridge.stop()
+    counters = bridge.counters
+    assert (counters["frames_good"], counters["frames_partial"], counters["frames_garbage"], counters["frames_wrong_count"]) == (10, 1, 1, 1)
+    expected = edgelstm.load(cmapss_bundle).run(units[0][:10])[:, 0]
+    assert np.allclose([e["y"][0] for e in sink.predictions()], expected, atol=1e-3)
+
+
+def test_unplug_reconnects_and_carries_the_stream_state(cmapss_bundle, units):
+    engine = units[2][:60]  # unit 3: 126 cycles
+    sink = ListSink()
+    with PtyLink() as link:
+        bridge = _start(Bridge(link.path, edgelstm.load(cmapss_bundle), sinks=[sink], backoff=(0.02, 0.2)))
+        link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:30])))
+        assert bridge.wait(lambda: len(sink.predictions()) == 30, 5)
+        link.unplug()
+        time.sleep(0.1)
+        link.replug()
+        assert bridge.wait(lambda: bridge.stats.reconnects >= 1 and bridge._port is not None, 5)
+        time.sleep(0.1)
+        link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[30:])))  # the device restarted: seq from 0
+        assert bridge.wait(lambda: len(sink.predictions()) == 60, 5)
+        bridge.stop()
+    assert bridge.stats.disconnects >= 1 and bridge.counters["frames_duplicates"] == 0
+    expected = edgelstm.load(cmapss_bundle).run(engine)[:, 0]
+    assert np.array_equal(np.array([e["y"][0] for e in sink.predictions()], np.float32), expected)
+
+
+def test_reset_on_reconnect_restarts_the_stream(cmapss_bundle, units):
+    engine = units[1][:20]
+    sink = ListSink()
+    with PtyLink() as link:
+        bridge = _start(Bridge(link.path, edgelstm.load(cmapss_bundle), sinks=[sink], reset_on_reconnect=True, backoff=(0.02, 0.2)))
+        link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:10])))
+        assert bridge.wait(lambda: len(sink.predictions()) == 10, 5)
+        link.unplug()
+        time.sleep(0.1)
+        link.replug()
+        assert bridge.wait(lambda: bridge.stats.reconnects >= 1 and bridge._port is not None, 5)
+        time.sleep(0.1)
+        link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[10:])))
+        assert bridge.wait(lambda: len(sink.predictions()) == 20, 5)
+        bridge.stop()
+    fresh = edgelstm.load(cmapss_bundle).run(engine[10:])[:, 0]
+    assert np.array_equal(np.array([e["y"][0] for e in sink.predictions()[10:]], np.float32), fresh)
+
+
+def test_full_queue_is_counted_never_silent(cmapss_bundle, units):
+    class SlowSink(ListSink):
+        def emit(self, event):
+            time.sleep(0.01)
+            super().emit(event)
+
+    sink = SlowSink()
+    bridge = _start(Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink], queue_size=4))
+    bridge._port.write(b"".join(encode_frame(i, i, v) for i, v in enumerate(units[0][:30])))
+    assert bridge.wait(lambda: bridge.stats.readings_queued + bridge.stats.queue_overflow == 30, 5)
+    bridge.stop()
+    assert bridge.stats.queue_overflow > 0
+    assert len(sink.predictions()) + bridge.stats.queue_overflow == 30
+
+
+def test_csv_file_sink_and_prometheus_endpoint(cmapss_bundle, units, tmp_path):
+    csv_path = tmp_path / "predictions.csv"
+    prometheus = PrometheusSink(port=0)
+    bridge = Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[CsvFileSink(csv_path, 1, sync_every=5), prometheus],
+                    alarms=["y0<200:210"], device="pump7")
+    _start(bridge)
+    bridge._port.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(units[0][:12])))
+    assert bridge.wait(lambda: bridge.stats.readings_stepped == 12, 5)
+    port = prometheus._server.server_address[1]
+    assert prometheus._server.server_address[0] == "127.0.0.1"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'edgelstm_frames_total{device="pump7",outcome="good"} 12.0' in text
+    assert 'edgelstm_step_seconds_count{device="pump7"} 12.0' in text
+    assert 'edgelstm_alarm{device="pump7",rule="y0<200"} 1.0' in text
+    assert 'edgelstm_prediction{device="pump7",output="0"}' in text
+    bridge.stop()
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "time,device,seq,t_device_us,y0" and len(rows) == 13
+
+
+def test_alarm_rule_hysteresis():
+    rule = AlarmRule.parse("y0<30:35")
+    events = [rule.update([v]) for v in (50, 31, 29, 28, 31, 34, 36, 29, float("nan"), 40)]
+    assert events == [None, None, "alarm", None, None, None, "clear", "alarm", None, "clear"]
+    assert AlarmRule.parse("y1>0.8:0.6").update([0, 0.9]) == "alarm"
+    with pytest.raises(ValueError, match="safe side"):
+        AlarmRule.parse("y0<30:20")
+
+
+def test_sigterm_flushes_sinks_and_saves_state(cmapss_bundle, units, tmp_path):
+    with PtyLink() as link:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(cmapss_bundle),
+             "--sink", f"csv:{tmp_path / 'out.csv'}", "--sync-every", "1000", "--state", str(tmp_path / "state.npz")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(units[2][:5])))
+            time.sleep(0.3)
+            if (tmp_path / "out.csv").exists() and os.path.getsize(tmp_path / "out.csv") > 0:
+                break
+        # sync_every 1000: nothing reaches the file until shutdown flushes it
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(rows) >= 6 and rows[0].startswith("time,device,seq")
+    assert (tmp_path / "state.npz").exists()
+    runtime = edgelstm.load(cmapss_bundle)
+    runtime.load_state(tmp_path / "state.npz")
+    assert int(runtime.steps[0]) == len(rows) - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_crash_the_decoder(data):
+    decoder = FrameDecoder()
+    for start in range(0, len(data), 97):
+        decoder.feed(data[start : start + 97])
+    csv = CsvDecoder(3)
+    csv.feed(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(max_size=60), st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=64)),
+             min_size=1, max_size=8),
+    st.binary(max_size=60),
+    st.integers(min_value=1, max_value=50),
+)
+def test_every_valid_frame_embedded_in_noise_is_recovered(pieces, tail, chunk):
+    stream, expected = b"", []
+    for sequence, (noise, values) in enumerate(pieces):
+        stream += noise + encode_frame(sequence, sequence * 7, values)
+        expected.append((sequence, np.asarray(values, np.float32)))
+    stream += tail
+    decoder = FrameDecoder()
+    frames = []
+    for start in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[start : start + chunk])
+    got = [(f.sequence, f.values) for f in frames]
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(got, expected):
+        assert np.array_equal(a, b)

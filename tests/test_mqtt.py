@@ -1,0 +1,125 @@
+"""The MQTT sink against a real mosquitto on loopback (installed by .ci/run with apt-get)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import edgelstm
+from firmware_bridge.bridge import Bridge
+from firmware_bridge.protocol import encode_frame
+from firmware_bridge.simulator import cmapss_units
+from firmware_bridge.sinks import MqttSink
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, directory):
+        self.port = _free_port()
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {directory}/\nautosave_interval 1\n"
+        )
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class Subscriber:
+    """A persistent-session QoS 1 subscriber: its messages wait in the broker while it is away."""
+
+    def __init__(self, port):
+        import paho.mqtt.client as mqtt
+
+        self.messages = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgelstm-test-subscriber", clean_session=False)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("plant/#", qos=1)
+        self.client.on_message = self._message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _message(self, client, userdata, message):
+        with self.lock:
+            self.messages.append((message.topic, json.loads(message.payload)))
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _wait(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    if not shutil.which("mosquitto") and not shutil.os.path.exists(MOSQUITTO):
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    broker = Broker(tmp_path).start()
+    yield broker
+    if broker.process.poll() is None:
+        broker.stop()
+
+
+def test_predictions_and_alarms_reach_the_broker_and_survive_an_outage(broker, cmapss_bundle):
+    subscriber = Subscriber(broker.port)
+    assert _wait(lambda: subscriber.client.is_connected(), 5)
+    time.sleep(0.2)
+    sink = MqttSink(port=broker.port, prefix="plant", device="pump7")
+    assert sink.connected.wait(5)
+    bridge = Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink], alarms=["y0<500:510"], device="pump7")
+    bridge.start()
+    assert bridge.wait(lambda: bridge._port is not None, 5)
+    engine = cmapss_units([3])[0]
+    bridge._port.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:10])))
+    assert _wait(lambda: len(subscriber.messages) >= 11, 10)  # 10 predictions + 1 alarm
+    topics = {topic for topic, _ in subscriber.messages}
+    assert topics == {"plant/pump7/prediction", "plant/pump7/alarm"}
+    first = [m for t, m in subscriber.messages if t.endswith("prediction")][0]
+    assert first["seq"] == 0 and len(first["y"]) == 1
+
+    broker.stop()  # the broker goes away; the bridge keeps stepping and paho queues QoS 1 messages
+    assert _wait(lambda: not sink.connected.is_set(), 10)
+    bridge._port.write(b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[10:25], start=10)))
+    assert bridge.wait(lambda: bridge.stats.readings_stepped == 25, 5)
+    broker.start()
+    assert _wait(lambda: len([1 for t, _ in subscriber.messages if t.endswith("prediction")]) >= 25, 20)
+    bridge.stop()
+    subscriber.close()
+    sequences = sorted({m["seq"] for t, m in subscriber.messages if t.endswith("prediction")})
+    assert sequences == list(range(25))  # nothing lost across the outage (QoS 1 may deliver twice)
+    assert sink.dropped == 0 and sink.queued_offline == 15
