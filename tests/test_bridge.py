@@ -194,29 +194,42 @@ def test_alarm_rule_hysteresis():
 
 
 def test_sigterm_flushes_sinks_and_saves_state(cmapss_bundle, units, tmp_path):
+    import threading
+
     with PtyLink() as link:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(cmapss_bundle),
+            [sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(cmapss_bundle), "--sink", "stdout",
              "--sink", f"csv:{tmp_path / 'out.csv'}", "--sync-every", "1000", "--state", str(tmp_path / "state.npz")],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(units[2][:5])))
-            time.sleep(0.3)
-            if (tmp_path / "out.csv").exists() and os.path.getsize(tmp_path / "out.csv") > 0:
-                break
-        # sync_every 1000: nothing reaches the file until shutdown flushes it
-        time.sleep(0.5)
+        stop = threading.Event()
+
+        def device():  # keeps sending until the bridge has shown it is reading
+            sequence = 0
+            while not stop.is_set():
+                link.write(b"\x00" + encode_frame(sequence, sequence, units[2][sequence % 100]))
+                sequence += 1
+                stop.wait(0.05)
+
+        writer = threading.Thread(target=device, daemon=True)
+        writer.start()
+        predictions = 0
+        while predictions < 5:
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            predictions += '"prediction"' in line
+        stop.set()
+        writer.join()
+        assert os.path.getsize(tmp_path / "out.csv") <= len("time,device,seq,t_device_us,y0\n")  # sync_every 1000: not yet
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
+        rest, stderr = process.communicate(timeout=20)
     assert process.returncode == 0, stderr
+    stepped = predictions + rest.count('"prediction"')
     rows = (tmp_path / "out.csv").read_text().splitlines()
-    assert len(rows) >= 6 and rows[0].startswith("time,device,seq")
-    assert (tmp_path / "state.npz").exists()
+    assert rows[0].startswith("time,device,seq") and len(rows) - 1 == stepped  # flushed on SIGTERM
     runtime = edgelstm.load(cmapss_bundle)
     runtime.load_state(tmp_path / "state.npz")
-    assert int(runtime.steps[0]) == len(rows) - 1
+    assert int(runtime.steps[0]) == stepped
 
 
 @settings(max_examples=300, deadline=None)

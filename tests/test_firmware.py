@@ -65,7 +65,8 @@ needs_gxx = pytest.mark.skipif(GCC is None or GXX is None, reason="gcc/g++ not f
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60, **kwargs)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        command = " ".join(map(str, cmd))
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     assert result.stderr == "", result.stderr  # warning-free, even where -Werror would not catch it
     return result
 
@@ -96,7 +97,8 @@ def frame_command(encoding, sequence, timestamp_us, bits_or_raw, scale_bits=0, c
 
 def case_command(case, capacity="-") -> str:
     if case["encoding"] == FLOAT32:
-        return frame_command(FLOAT32, case["sequence"], case["timestamp_us"], f32_bits(case["values"]), capacity=capacity)
+        bits = f32_bits(case["values"])
+        return frame_command(FLOAT32, case["sequence"], case["timestamp_us"], bits, capacity=capacity)
     scale_bits = int(f32_bits([case["scale"]])[0])
     return frame_command(INT16, case["sequence"], case["timestamp_us"], case["raw"], scale_bits, capacity=capacity)
 
@@ -518,8 +520,8 @@ def test_sketch_compiles_and_streams_decodable_frames(tmp_path, send_int16):
     (tmp_path / "sim.cpp").write_text(SIMULATION)
     cxx_flags = ["-std=gnu++11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-DEDGELSTM_SEND_INT16={send_int16}"]
     _run([GCC, *STRICT, "-O1", "-c", SKETCH_DIR / "src" / "edgelstm_frame.c", "-o", tmp_path / "frame.o"])
-    _run([GXX, *cxx_flags, "-O1", "-I", tmp_path, "-I", SKETCH_DIR, tmp_path / "sim.cpp", tmp_path / "frame.o",
-          "-o", tmp_path / "sim"])
+    sources = [tmp_path / "sim.cpp", tmp_path / "frame.o"]
+    _run([GXX, *cxx_flags, "-O1", "-I", tmp_path, "-I", SKETCH_DIR, *sources, "-o", tmp_path / "sim"])
     lines = _run([tmp_path / "sim"]).stdout.splitlines()
     baud, period, channels, missed, start = (int(x) for x in lines[0].split()[:5])
     ref_volts, full_scale, int16_scale = (float(x) for x in lines[0].split()[5:])

@@ -214,7 +214,9 @@ def build_cases() -> list:
     )
 
     cases.append(_float_case("float32_seq0", "sequence 0 (after the wrap)", 0, 2**32, [bits_of(0.25), bits_of(-0.25)]))
-    cases.append(_float_case("float32_seq65535", "sequence 65535 (last before the wrap)", 65535, 2**32 + 1, [bits_of(1.5)]))
+    cases.append(
+        _float_case("float32_seq65535", "sequence 65535 (last before the wrap)", 65535, 2**32 + 1, [bits_of(1.5)])
+    )
     cases.append(
         _float_case("float32_ts_max", "largest 64-bit timestamp", 12345, 2**64 - 1, [bits_of(9.81), bits_of(-9.81)])
     )
