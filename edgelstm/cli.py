@@ -121,16 +121,22 @@ def _run_targets(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="convert the shipped C-MAPSS FD001 example model and print its report")
+    p = sub.add_parser("demo", help="C-MAPSS FD001 end to end: convert, score, stream engines over a pty bridge")
     p.add_argument("--out", type=Path, default=Path("edgelstm-demo"), help="output folder (default ./edgelstm-demo)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--engines", type=int, default=3, help="test engines to stream through the bridge (default 3)")
+    p.add_argument("--rate", type=float, default=500.0, help="cycles per second the simulated device sends (default 500)")
+    p.add_argument("--every", type=int, default=10, help="print every N-th cycle's prediction (default 10)")
+    p.add_argument("--retrain", action="store_true", help="train the model with the recipe instead of using the shipped one")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs with --retrain")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, progress=not args.quiet)
+    return run_demo(args.out, progress=not args.quiet, engines=args.engines, rate=args.rate, retrain=args.retrain,
+                    epochs=args.epochs, every=args.every)
 
 
 def _add_profile(sub) -> None:

@@ -76,3 +76,22 @@ def test_profile_reports_every_backend_with_bare_invoke_rows(cmapss_bundle, tmp_
     assert (tmp_path / "p.png").stat().st_size > 1000
     streams = json.loads(run_cli("profile", cmapss_bundle, "--streams", "8", "--steps", "200", "--json", tmp_path / "s.json").stdout and (tmp_path / "s.json").read_text())
     assert streams["streams"] == 8 and streams["rows"][0]["per_stream_us"] < streams["rows"][0]["mean_us"]
+
+
+def test_shortened_demo_end_to_end(tmp_path):
+    """The README's first command, shortened to one engine: convert, score, pty bridge, plots."""
+    result = run_cli("demo", "--out", tmp_path / "demo", "--engines", "1", "--every", "50", "--quiet")
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    scores = summary["scores"]
+    float_rmse = scores["float32 (numpy reference)"]["rmse"]
+    for name in ("int8 TFLite (runtime)", "int8 ONNX (onnxruntime)"):
+        assert abs(scores[name]["rmse"] - float_rmse) < 0.5, (name, scores)
+        assert scores[name]["engines"] == 100
+    engine = summary["streamed"][0]
+    assert engine["cycles"] > 100 and abs(engine["predicted_rul"] - engine["true_rul"]) < 30
+    assert [a[0] for a in engine["alarms"]][:1] == ["alarm"]  # it comes within 30 cycles of failure
+    bridge = summary["streamed"][-1]["bridge"]
+    assert bridge["frames_good"] == engine["cycles"] == bridge["readings_stepped"]
+    assert "ALARM y0<30" in result.stdout and "PHM08" in result.stdout
+    for plot in ("rul_engine.png", "latency.png"):
+        assert (tmp_path / "demo" / plot).stat().st_size > 10_000

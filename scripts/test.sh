@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Everything the test suite needs on a fresh Debian/Ubuntu machine, then the suite itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=3 DEBIAN_FRONTEND=noninteractive
+# mosquitto: the MQTT sink is tested against a real broker on loopback.
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+fi
+python -m pip install --quiet -e ".[convert,test]"
+# tf-keras writes the legacy Keras 2 HDF5 fixtures; --no-deps because it pins `tensorflow`
+# (the same code as the tensorflow-cpu installed above).
+python -m pip install --quiet --no-deps "tf-keras>=2.21,<2.22"
+python -m pytest -q tests "$@"
