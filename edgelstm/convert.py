@@ -28,6 +28,7 @@ from .calibrate import record
 from .calibration import load_calibration
 from .errors import ConversionError
 from .export.state_plan import plan_states
+from .runtime.monitor import reference_statistics
 from .importers import load_network, sniff_format
 from .network_file import save_network
 from .normalization import Normalization
@@ -52,6 +53,7 @@ class ConvertOptions:
     onnx_samples: int = 2_000  # onnxruntime's calibrator keeps every intermediate tensor of every sample in memory
     long_steps: int = fidelity.LONG_STREAM_STEPS
     window: int | None = None  # the model was trained on windows of this many steps: the runtime runs window mode
+    drift_bins: int = 10  # quantile bins of the drift reference per feature
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     seed: int = 0
     progress: bool = True
@@ -188,6 +190,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
     source_sha = sha256_of(options.model)
     bundle_id = hashlib.sha256("".join(m["sha256"] for m in models).encode()).hexdigest()[:16]
     raw_all = np.concatenate(calibration.sequences).astype(np.float64)
+    reference = reference_statistics(raw_all, options.drift_bins, _int8_input_range(models, normalization, raw_all))
     manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -210,6 +213,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
                 "min": raw_all.min(axis=0).tolist(),
                 "max": raw_all.max(axis=0).tolist(),
             },
+            "reference": reference,
         },
         "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
         "window": options.window,
@@ -236,6 +240,17 @@ def convert(options: ConvertOptions, log=print) -> dict:
     manifest.update(options.extra_manifest)
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
+
+
+def _int8_input_range(models: list, normalization, raw_all) -> tuple:
+    """The raw readings the int8 input grid covers (beyond it the model clips), per feature."""
+    for m in models:
+        x = m.get("tensors", {}).get("x", {})
+        if m["quant"] == "int8" and x.get("dtype") == "int8":
+            low = (-128 - x["zero_point"]) * x["scale"]
+            high = (127 - x["zero_point"]) * x["scale"]
+            return (low * normalization.scale + normalization.offset, high * normalization.scale + normalization.offset)
+    return raw_all.min(axis=0), raw_all.max(axis=0)
 
 
 def _default_model(models: list, target) -> str | None:

@@ -73,6 +73,9 @@ def run_stream(args) -> int:
                 writer.writerow([number] + [f"{v:.6g}" for v in y])
             else:
                 out.write(json.dumps({"line": number, "step": int(runtime.steps[0]), "y": [round(float(v), 6) for v in y]}) + "\n")
+            for event in runtime.events():  # drift, saturation, stuck sensors: JSON lines (stderr with --format csv)
+                event["line"] = number
+                print(json.dumps(event), file=sys.stderr if writer else out)
             out.flush()
     finally:
         if source is not sys.stdin:

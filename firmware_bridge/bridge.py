@@ -51,7 +51,8 @@ class Bridge:
 
     def __init__(self, port: str, runtime, protocol: str = "frame", baud: int = 115200, sinks=(), alarms=(),
                  device: str = "device", queue_size: int = 4096, reset_on_reconnect: bool = False,
-                 backoff: tuple = (0.05, 5.0), state_path=None, open_timeout: float | None = None):
+                 backoff: tuple = (0.05, 5.0), state_path=None, open_timeout: float | None = None,
+                 stale_after: float = 30.0):
         if protocol not in ("frame", "csv"):
             raise ValueError(f"unknown protocol {protocol!r}; choose frame or csv")
         self.port_name = port
@@ -65,6 +66,7 @@ class Bridge:
         self.backoff = backoff
         self.state_path = state_path
         self.open_timeout = open_timeout
+        self.stale_after = stale_after
         self.decoder = FrameDecoder() if protocol == "frame" else CsvDecoder(runtime.n_features)
         self.stats = BridgeStats()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -110,6 +112,41 @@ class Bridge:
                 return True
             time.sleep(0.005)
         return condition()
+
+    def health(self, stale_after: float | None = None) -> dict:
+        """Status for /healthz: ``failing`` when no good reading arrived for ``stale_after``
+        seconds (or the model's inputs saturate), ``degraded`` on drift, stuck sensors or
+        saturation, else ``ok``."""
+        stale_after = self.stale_after if stale_after is None else stale_after
+        now = time.time()
+        runtime = self.runtime.health()
+        last = self.stats.last_good_reading
+        age = (now - last) if last else None
+        status = runtime["status"] if runtime["status"] in ("ok", "degraded", "failing") else "ok"
+        if age is None or age > stale_after:
+            status = "failing"
+        elapsed = max(now - self.stats.started, 1e-9)
+        counters = self.counters
+        flags = {}
+        for stream in runtime.get("streams", []):
+            for name, feature in stream["features"].items():
+                if feature["drifting"] or feature["stuck"] or feature["saturated"] > 0:
+                    flags[name] = {k: feature[k] for k in ("drifting", "stuck", "saturated", "psi", "mean_shift")}
+        return {
+            "status": status,
+            "device": self.device,
+            "uptime_s": round(now - self.stats.started, 3),
+            "last_good_reading_age_s": None if age is None else round(age, 3),
+            "frames": {"good": counters["frames_good"], "bad": sum(counters.get(f"frames_{k}", 0) for k in ("crc_failed", "malformed", "oversized", "garbage", "wrong_count")),
+                       "dropped": counters.get("frames_dropped", 0), "queue_overflow": counters["queue_overflow"]},
+            "steps_per_s": round(self.stats.readings_stepped / elapsed, 3),
+            "features": flags,
+            "saturating": any(s.get("saturating") for s in runtime.get("streams", [])),
+            "monitor": runtime["status"],
+            "bundle_id": self.runtime.bundle.bundle_id,
+            "model": self.runtime.model_file,
+            "model_sha256": next((m["sha256"] for m in self.runtime.bundle.manifest["models"] if m["file"] == self.runtime.model_file), None),
+        }
 
     @property
     def counters(self) -> dict:
@@ -221,6 +258,11 @@ class Bridge:
             "time": stats.last_good_reading, "y": values, "step_us": elapsed * 1e6, "arrived_ns": arrived_ns,
         }
         self._emit(event)
+        for monitor_event in self.runtime.events():  # drift, saturation, stuck sensors
+            monitor_event["device"] = self.device
+            monitor_event["seq"] = frame.sequence
+            monitor_event["time"] = stats.last_good_reading
+            self._emit(monitor_event)
         for rule in self.alarms:
             change = rule.update(values)
             if change:

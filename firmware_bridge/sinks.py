@@ -139,11 +139,14 @@ class MqttSink(Sink):
 
 
 class PrometheusSink(Sink):
-    """A Prometheus endpoint with prometheus_client: frame counters, step latency, last
-    prediction, alarm state. Binds 127.0.0.1 unless told otherwise.
+    """A Prometheus endpoint with prometheus_client, and ``GET /healthz``.
 
-    Counters are read from the bridge when Prometheus scrapes (a custom collector), so they
-    always equal what the bridge counted.
+    ``/metrics``: frame counters, step latency histogram, last prediction, alarm state, and
+    the monitor's per-feature PSI, mean shift, drift / stuck flags and saturation shares.
+    Counters and monitor values are read from the bridge when Prometheus scrapes (a custom
+    collector), so they always equal what the bridge counted. ``/healthz``: the bridge's
+    :meth:`~firmware_bridge.bridge.Bridge.health` as JSON, HTTP 200 unless ``failing`` (503).
+    Binds 127.0.0.1 unless told otherwise.
     """
 
     def __init__(self, port: int = 9108, address: str = "127.0.0.1", registry=None):
@@ -162,13 +165,11 @@ class PrometheusSink(Sink):
 
     def bind(self, bridge) -> None:
         """Called by the bridge at start: expose its counters and start the HTTP server."""
-        from prometheus_client import start_http_server
-
         self._bridge = bridge
         self.registry.register(_BridgeCollector(bridge))
         for rule in bridge.alarms:
             self.alarm.labels(bridge.device, rule.name).set(0)
-        self._server, self._thread = start_http_server(self.port, addr=self.address, registry=self.registry)
+        self._server = _serve(self.address, self.port, self.registry, bridge)
 
     def emit(self, event: dict) -> None:
         kind = event["event"]
@@ -184,6 +185,37 @@ class PrometheusSink(Sink):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _serve(address: str, port: int, registry, bridge):
+    """One small HTTP server for ``/metrics`` (Prometheus text format) and ``/healthz`` (JSON)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            if self.path.startswith("/metrics"):
+                body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            elif self.path.startswith("/healthz"):
+                health = bridge.health()
+                body = json.dumps(health).encode()
+                status, kind = (503 if health["status"] == "failing" else 200), "application/json"
+            else:
+                body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 class _BridgeCollector:
@@ -210,3 +242,22 @@ class _BridgeCollector:
 
         age.add_metric([device], (time.time() - last) if last else float("nan"))
         yield age
+        monitor = self.bridge.runtime.monitor
+        if monitor is None:
+            return
+        health = monitor.health()
+        families = {
+            "psi": GaugeMetricFamily("edgelstm_input_psi", "PSI of the recent readings against the calibration data", labels=["device", "feature"]),
+            "mean_shift": GaugeMetricFamily("edgelstm_input_mean_shift", "Standardised mean shift of the recent readings", labels=["device", "feature"]),
+            "saturated": GaugeMetricFamily("edgelstm_input_saturated_ratio", "Share of recent readings outside the int8 input range", labels=["device", "feature"]),
+            "drifting": GaugeMetricFamily("edgelstm_input_drift", "1 while the feature drifts", labels=["device", "feature"]),
+            "stuck": GaugeMetricFamily("edgelstm_input_stuck", "1 while the feature has not changed over the window", labels=["device", "feature"]),
+        }
+        state = GaugeMetricFamily("edgelstm_state_saturated_ratio", "Share of int8 state values at -128 or 127", labels=["device", "stream"])
+        for stream in health["streams"]:
+            for name, feature in stream["features"].items():
+                for key, family in families.items():
+                    family.add_metric([device, name], float(feature[key]))
+            state.add_metric([device, str(stream["stream"])], stream["state_saturated"])
+        yield from families.values()
+        yield state

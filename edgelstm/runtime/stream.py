@@ -50,14 +50,17 @@ EDGETPU_HELP = (
 
 
 def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, model: str | None = None,
-         on_bad_input: str = "error", window: int | None = None, delegate: str | None = "target") -> "StreamRuntime":
+         on_bad_input: str = "error", window: int | None = None, delegate: str | None = "target",
+         monitor: bool = True, thresholds=None) -> "StreamRuntime":
     """Open a bundle for streaming.
 
     ``backend``: ``auto`` (the best installed: LiteRT, tflite_runtime, tensorflow.lite,
     onnxruntime, numpy), or one of those names. ``model``: a file of the bundle or a
     quantization (``int8``, ``float32``...); default: the manifest's choice for its target.
     ``delegate``: ``"target"`` loads the Edge TPU delegate when the bundle's target names
-    it, ``None`` never does, or a library name.
+    it, ``None`` never does, or a library name. ``monitor``: watch input drift, int8
+    saturation and stuck sensors (:mod:`edgelstm.runtime.monitor`; ``thresholds`` a
+    :class:`~edgelstm.runtime.monitor.Thresholds`), reported by ``health()`` and ``events()``.
     """
     if on_bad_input not in BAD_INPUT_POLICIES:
         raise ValueError(f"on_bad_input must be one of {', '.join(BAD_INPUT_POLICIES)}")
@@ -83,7 +86,13 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
                 raise BackendUnavailableError(f"backend '{name}' is not installed here ({exc})") from None
             errors.append(f"{name}: {exc}")
             continue
-        return StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"))
+        runtime = StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"))
+        if monitor and "reference" in manifest["input"]:
+            from .monitor import DriftMonitor
+
+            runtime.monitor = DriftMonitor(manifest["input"]["reference"], runtime.feature_names, streams, thresholds,
+                                           state_arrays=stepper.state)
+        return runtime
     raise BackendUnavailableError(f"{opened.path}: no backend can run this bundle ({'; '.join(errors)})")
 
 
@@ -173,6 +182,7 @@ class StreamRuntime:
         self._base = np.zeros(streams, np.int64)
         self._rejected = 0
         self._held = 0
+        self.monitor = None  # set by load() when the manifest carries reference statistics
         self._state_layout = self._layout(manifest)
         if self.window:
             self._ring = np.zeros((streams, self.window, self.n_features), np.float32)
@@ -197,6 +207,8 @@ class StreamRuntime:
         if fast and self._plain:
             y = self._stepper_step(x)
             self._total += 1
+            if self.monitor is not None:
+                self.monitor.observe(x)
             if self._last_good is not None:
                 self._last_good[...] = x
             if self._single:
@@ -217,7 +229,22 @@ class StreamRuntime:
     def _advance(self, values) -> np.ndarray:
         y = self._window_step(values) if self.window else self._stepper_step(values)
         self._total += 1
+        if self.monitor is not None:
+            self.monitor.observe(values)
         return y
+
+    def events(self) -> list:
+        """Drift, saturation and stuck-sensor events since the last call (and clears them)."""
+        return self.monitor.drain() if self.monitor is not None else []
+
+    def health(self) -> dict:
+        """The monitor's statistics and flags per stream and feature, an overall status
+        (``ok``, ``degraded``, ``failing``, ``warming_up``) and the runtime's counters."""
+        report = self.monitor.health() if self.monitor is not None else {"status": "unmonitored", "streams": []}
+        report["counters"] = self.counters
+        report["bundle_id"] = self.bundle.bundle_id
+        report["model"] = self.model_file
+        return report
 
     def _checked_step(self, x) -> np.ndarray:
         """Validate readings the fast path refused and apply the bad-input policy."""
@@ -319,9 +346,12 @@ class StreamRuntime:
 
     # ------------------------------------------------------------------ state
     def reset(self, stream: int | None = None) -> None:
-        """Zero the state of every stream, or of one."""
+        """Zero the state of every stream, or of one (a new machine in that stream: its drift
+        flags are cleared too, and with all streams reset the monitor's window restarts)."""
         rows = None if stream is None else self._row(stream)
         self._stepper.reset(rows)
+        if self.monitor is not None:
+            self.monitor.reset(rows)
         if stream is None:
             self._base[:] = self._total
         else:
