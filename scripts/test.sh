@@ -3,9 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=3 DEBIAN_FRONTEND=noninteractive
-# mosquitto: the MQTT sink is tested against a real broker on loopback.
-if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
-    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+# mosquitto: the MQTT sink is tested against a real broker on loopback;
+# prometheus: Debian's server scrapes the bridge's metrics endpoint in a test.
+missing=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v prometheus >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python -m pip install --quiet -e ".[convert,test]"
 # tf-keras writes the legacy Keras 2 HDF5 fixtures; --no-deps because it pins `tensorflow`
