@@ -26,7 +26,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     p.add_argument("--target", default="x86_64", help="device profile from targets/ (default x86_64)")
     p.add_argument("--formats", type=_csv_list, help="comma list of tflite,onnx (default: the target's)")
-    p.add_argument("--quant", type=_csv_list, help="comma list of int8,float16,float32,int16x8 or 'all'")
+    p.add_argument("--quant", type=_csv_list, help="comma list of int8,float16,dynamic,float32,int16x8 or 'all'")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="fit this on the calibration data")
     p.add_argument("--scaler", type=Path, help="JSON scaler the model was trained with (overrides --normalization)")
     p.add_argument("--features", type=_csv_list, help="feature columns (CSV) or C-MAPSS columns")
@@ -87,6 +87,11 @@ def _run_convert(args) -> int:
     print(format_table(report))
     if (args.out / "report.png").exists():
         print(f"plot: {args.out / 'report.png'}")
+    if len({m["quant"] for m in manifest["models"]}) > 1:
+        from .sweep import format_sweep, sweep
+
+        print()
+        print(format_sweep(sweep(args.out)))
     return 0
 
 

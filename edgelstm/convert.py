@@ -150,7 +150,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("step_*"):
         stale.unlink()
-    jobs = [(fmt, q, "quantized") for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "int16x8"))]
+    jobs = [(fmt, q, "quantized") for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "dynamic", "int16x8"))]
     if ("tflite", "int8", "quantized") in jobs:  # and the variant the device runtime drives
         jobs.insert(jobs.index(("tflite", "int8", "quantized")) + 1, ("tflite", "int8", "stream"))
     models, steppers, skipped = [], {}, []

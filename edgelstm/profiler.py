@@ -124,7 +124,7 @@ def profile(bundle_path, backends=("auto",), steps: int = 10_000, warmup: int = 
             if backend not in installed:
                 continue
             fmt = {"onnxruntime": "onnx", "numpy": None}.get(backend, "tflite")
-            quants = [None] if fmt is None else sorted({m["quant"] for m in bundle.models(fmt)}, key=("int8", "int16x8", "float16", "float32").index)
+            quants = [None] if fmt is None else sorted({m["quant"] for m in bundle.models(fmt)}, key=("int8", "int16x8", "dynamic", "float16", "float32").index)
             pairs += [(backend, q) for q in quants]
     else:
         pairs = [(b if b != "auto" else load(bundle, delegate=None).backend, m) for b in backends for m in (models or [None])]

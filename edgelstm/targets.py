@@ -18,7 +18,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 FORMATS = ("tflite", "onnx")
-QUANTS = ("float32", "float16", "int8", "int16x8")
+QUANTS = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 
 def targets_dir() -> Path:

@@ -263,3 +263,28 @@ def test_every_valid_frame_embedded_in_noise_is_recovered(pieces, tail, chunk):
     assert [s for s, _ in got] == [s for s, _ in expected]
     for (_, a), (_, b) in zip(got, expected):
         assert np.array_equal(a, b)
+
+
+def test_socket_url_to_the_simulators_tcp_server_with_a_disconnect(cmapss_bundle):
+    """`edgelstm simulate --listen` stands in for a networked serial device; the bridge uses socket://."""
+    import socket as socket_module
+
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "edgelstm", "simulate", "--listen", f"127.0.0.1:{port}", "--unit", "3", "--rate", "200",
+         "--disconnect-every", "40"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert simulator.stdout.readline().strip() == f"socket://127.0.0.1:{port}"
+    sink = ListSink()
+    bridge = Bridge(f"socket://127.0.0.1:{port}", edgelstm.load(cmapss_bundle), sinks=[sink], backoff=(0.05, 0.2)).start()
+    _, stderr = simulator.communicate(timeout=60)
+    assert bridge.wait(lambda: bridge.stats.readings_stepped >= 120, 10), (bridge.counters, stderr)
+    bridge.stop()
+    assert "126 sent intact" in stderr and "3 disconnects" in stderr
+    assert bridge.stats.disconnects >= 3 and bridge.stats.reconnects >= 3
+    assert bridge.counters["frames_crc_failed"] == 0
+    sequences = [e["seq"] for e in sink.predictions()]
+    assert len(sequences) == len(set(sequences))  # nothing counted twice

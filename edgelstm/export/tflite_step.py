@@ -9,7 +9,8 @@ the one fed by ``x``) rather than ``FC(concat(x, h))``: that way the state input
 feeds nothing but a bias-less FC and the state output keeps a free quantization scale,
 which :func:`tie_state_quantization` exploits.
 
-Quantization variants: ``float32``, ``float16`` (float16 weights), ``int8`` (full integer,
+Quantization variants: ``float32``, ``float16`` (float16 weights), ``dynamic`` (dynamic-range:
+int8 weights, float activations, no calibration), ``int8`` (full integer,
 int8 inputs and outputs, builtin int8 ops only, calibrated on recorded ``(x, h, c)``), and
 ``int16x8`` (int16 activations, int8 weights) where the converter accepts the graph.
 """
@@ -26,7 +27,7 @@ from ..errors import ConversionError
 from ..network import DenseLayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
 
-QUANT_MODES = ("float32", "float16", "int8", "int16x8")
+QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 
 def _tf():
@@ -122,6 +123,8 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
     if quant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif quant == "dynamic":  # what most guides show: Optimize.DEFAULT, no representative data
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quant in ("int8", "int16x8"):
         if representative is None:
             raise ConversionError(f"{quant} quantization needs calibration data")
