@@ -135,7 +135,7 @@ def test_cli_prints_the_fidelity_table_and_json(cmapss_bundle, tmp_path):
 
 
 def test_quant_sweep_variants_convert(tmp_path, keras, rng):
-    """float32, float16, int8 and int16x8 TFLite variants all convert for a small model."""
+    """float32, float16, dynamic-range, int8 and int16x8 TFLite variants all convert for a small model."""
     L = keras.layers
     model = keras.Sequential([keras.Input((None, 4)), L.LSTM(8, return_sequences=True), L.Dense(2)])
     model.save(tmp_path / "m.keras")
@@ -143,7 +143,7 @@ def test_quant_sweep_variants_convert(tmp_path, keras, rng):
     run_cli("convert", tmp_path / "m.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
             "--formats", "tflite", "--quant", "all", "--long-steps", "500", "--quiet")
     quants = {e["quant"] for e in Bundle.open(tmp_path / "b").manifest["models"]}
-    assert quants == {"float32", "float16", "int8", "int16x8"}
+    assert quants == {"float32", "float16", "dynamic", "int8", "int16x8"}
     network = load_network(tmp_path / "m.keras")
     x = rng.normal(size=(30, 4)).astype("float32")
     expected = Reference(network).run(x)[0]
