@@ -97,7 +97,15 @@ class MqttSink(Sink):
         self.client.max_queued_messages_set(max_queued)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.connected = threading.Event()
-        self.client.on_connect = lambda client, userdata, flags, reason, properties: self.connected.set()
+        self.refused = None  # the broker's reason when it refused us (bad credentials, ...)
+
+        def on_connect(client, userdata, flags, reason, properties):
+            if getattr(reason, "is_failure", False):
+                self.refused = str(reason)
+            else:
+                self.connected.set()
+
+        self.client.on_connect = on_connect
         self.client.on_disconnect = lambda client, userdata, flags, reason, properties: self.connected.clear()
         self.published = 0
         self.queued_offline = 0

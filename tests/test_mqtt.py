@@ -31,7 +31,7 @@ class Broker:
         self.port = _free_port()
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\n"
             f"persistence_location {directory}/\nautosave_interval 1\n"
         )
         self.process = None
@@ -123,3 +123,54 @@ def test_predictions_and_alarms_reach_the_broker_and_survive_an_outage(broker, c
     sequences = sorted({m["seq"] for t, m in subscriber.messages if t.endswith("prediction")})
     assert sequences == list(range(25))  # nothing lost across the outage (QoS 1 may deliver twice)
     assert sink.dropped == 0 and sink.queued_offline == 15
+
+
+def test_tls_and_password_through_the_bridge_cli_options(tmp_path, cmapss_bundle):
+    """mqtts://user:password@host:port with --mqtt-ca, against mosquitto with TLS and a password file."""
+    if not shutil.which("openssl") or not shutil.which("mosquitto_passwd"):
+        pytest.skip("openssl or mosquitto_passwd missing")
+    run = lambda *args: subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=edgelstm-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "san.ext", "-out", "server.crt")
+    run("mosquitto_passwd", "-b", "-c", "passwords", "pi7", "s3cret")
+    port = _free_port()
+    (tmp_path / "tls.conf").write_text(
+        f"listener {port} 127.0.0.1\nuser root\nallow_anonymous false\npassword_file {tmp_path}/passwords\n"
+        f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n"
+    )
+    log = open(tmp_path / "mosquitto.log", "w")
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "tls.conf")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: _port_open(port), 10), (tmp_path / "mosquitto.log").read_text()
+        import argparse
+
+        from firmware_bridge.cli import build_sinks
+
+        args = argparse.Namespace(sink=[f"mqtts://pi7:s3cret@127.0.0.1:{port}/plant"], mqtt_ca=str(tmp_path / "ca.crt"),
+                                  sync_every=1, metrics_address="127.0.0.1")
+        runtime = edgelstm.load(cmapss_bundle)
+        (sink,) = build_sinks(args, runtime, "pump9")
+        assert sink.connected.wait(10), "TLS + password connection failed"
+        bad = argparse.Namespace(**dict(vars(args), sink=[f"mqtts://pi7:wrong@127.0.0.1:{port}/plant"]))
+        (refused,) = build_sinks(bad, runtime, "pump9")
+        assert not refused.connected.wait(2)
+        assert _wait(lambda: refused.refused is not None, 5) and "authori" in refused.refused.lower()
+        refused.client.loop_stop()
+        sink.emit({"event": "prediction", "device": "pump9", "seq": 0, "y": [1.0]})
+        sink.close()
+        assert sink.published == 1
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _port_open(port) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
