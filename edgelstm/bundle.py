@@ -80,9 +80,9 @@ class Bundle:
         return bundle
 
     def verify(self) -> None:
-        """Check every listed file exists and has the recorded sha256."""
+        """Check every listed file is inside the bundle, exists and has the recorded sha256."""
         for entry in self.manifest["models"] + self.manifest.get("files", []):
-            file_path = self.path / entry["file"]
+            file_path = self.file(entry)
             if not file_path.exists():
                 raise BundleError(f"{self.path}: {entry['file']} is listed in the manifest but missing")
             actual = sha256_of(file_path)
@@ -111,4 +111,22 @@ class Bundle:
         return found[0]
 
     def file(self, entry: dict) -> Path:
-        return self.path / entry["file"]
+        name = str(entry["file"])
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise BundleError(f"{self.path}: manifest file name {name!r} points outside the bundle")
+        return self.path / name
+
+    def add_file(self, source) -> dict:
+        """Copy a file into the bundle (e.g. a model compiled by edgetpu_compiler) and list it
+        with its sha256 in the manifest, so loading checks it like every other file."""
+        import shutil
+
+        source = Path(source)
+        target = self.path / source.name
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        entry = {"file": source.name, "sha256": sha256_of(target)}
+        files = [f for f in self.manifest.get("files", []) if f["file"] != source.name] + [entry]
+        self.manifest["files"] = files
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+        return entry

@@ -32,7 +32,7 @@ class Recording:
         return int(self.inputs.shape[0])
 
     def samples(self, limit: int, seed: int = 0) -> list:
-        """At most ``limit`` recorded steps as feed dicts, spread evenly over the recording."""
+        """At most ``limit`` recorded steps as feed dicts, drawn at random (seeded) from the recording."""
         count = self.n_steps
         if count > limit:
             index = np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))

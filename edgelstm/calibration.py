@@ -48,6 +48,18 @@ class CalibrationSet:
     def n_steps(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
+    def check_tokens(self, vocabulary: int) -> "CalibrationSet":
+        """Token-id data: whole numbers in ``0..vocabulary-1`` (naming the first one that is not)."""
+        self.check(1)
+        for index, seq in enumerate(self.sequences):
+            bad = (seq != np.round(seq)) | (seq < 0) | (seq >= vocabulary)
+            if bad.any():
+                step = int(np.argwhere(bad)[0][0])
+                raise CalibrationError(
+                    f"{self.source}: token id {seq[step, 0]:g} in sequence {index}, step {step} is not in 0..{vocabulary - 1}"
+                )
+        return self
+
     def check(self, n_features: int) -> "CalibrationSet":
         """Refuse empty data, a wrong feature count, and NaN or Inf (naming where)."""
         if not self.sequences or self.n_steps == 0:
@@ -78,7 +90,7 @@ class CalibrationSet:
             seq = self.sequences[0]
             cut = max(1, int(round(len(seq) * (1.0 - holdout))))
             return self._with([seq[:cut]]), self._with([seq[cut:]])
-        every = max(2, int(round(1.0 / holdout)))
+        every = max(2, min(int(round(1.0 / holdout)), len(self.sequences)))  # at least one held out
         held = [s for i, s in enumerate(self.sequences) if i % every == every - 1]
         kept = [s for i, s in enumerate(self.sequences) if i % every != every - 1]
         return self._with(kept), self._with(held)
@@ -87,9 +99,15 @@ class CalibrationSet:
         return CalibrationSet(sequences, self.feature_names, self.source, self.normalization, self.extras)
 
 
-def load_calibration(path, features=None, group=None) -> CalibrationSet:
-    """Load calibration data from any supported source (see module docstring)."""
+def load_calibration(path, features=None, group=None, tokens: bool = False) -> CalibrationSet:
+    """Load calibration data from any supported source (see module docstring).
+
+    ``tokens``: the model takes token ids (an Embedding first): a 2-D integer array is
+    ``(sequences, steps)`` of ids, not one sequence of feature vectors.
+    """
     path = Path(path)
+    if tokens and path.suffix.lower() in (".npy", ".npz"):
+        return _load_tokens(path)
     if not path.exists():
         raise CalibrationError(f"{path}: no such calibration file")
     suffix = path.suffix.lower()
@@ -106,6 +124,23 @@ def load_calibration(path, features=None, group=None) -> CalibrationSet:
     raise CalibrationError(
         f"{path}: unknown calibration format; use .npy, .npz, .csv, C-MAPSS .txt or a recipe .json"
     )
+
+
+def _load_tokens(path: Path) -> CalibrationSet:
+    loaded = _np_load(path)
+    arrays = [loaded[k] for k in loaded.files] if hasattr(loaded, "files") else [loaded]
+    sequences = []
+    for array in arrays:
+        array = np.asarray(array)
+        if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and np.all(array == np.round(array))):
+            raise CalibrationError(f"{path}: token ids must be integers, got {array.dtype}")
+        if array.ndim == 1:
+            sequences.append(array.reshape(-1, 1).astype(np.float32))
+        elif array.ndim == 2:
+            sequences += [row.reshape(-1, 1).astype(np.float32) for row in array]
+        else:
+            raise CalibrationError(f"{path}: token ids of shape {array.shape}; expected (sequences, steps) or (steps,)")
+    return CalibrationSet(sequences, ["token"], str(path))
 
 
 def _np_load(path: Path):

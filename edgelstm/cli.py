@@ -111,6 +111,21 @@ def _run_inspect(args) -> int:
     return 0
 
 
+def _add_bundle_add(sub) -> None:
+    p = sub.add_parser("bundle-add", help="add a file (e.g. the *_edgetpu.tflite from edgetpu_compiler) to a bundle, with its hash")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("file", type=Path)
+    p.set_defaults(handler=_run_bundle_add)
+
+
+def _run_bundle_add(args) -> int:
+    from .bundle import Bundle
+
+    entry = Bundle.open(args.bundle).add_file(args.file)
+    print(f"added {entry['file']} (sha256 {entry['sha256'][:12]}...) to {args.bundle}")
+    return 0
+
+
 def _add_targets(sub) -> None:
     p = sub.add_parser("targets", help="list the device profiles")
     p.set_defaults(handler=_run_targets)
@@ -195,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile):
+    for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile, _add_bundle_add):
         add(sub)
     try:
         from firmware_bridge.cli import add_commands as add_bridge_commands

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import json
 import os
+import shutil
 import platform
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from . import __version__, edgetpu, fidelity
 from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
 from .calibrate import record
 from .calibration import load_calibration
-from .errors import ConversionError
+from .errors import CalibrationError, ConversionError
 from .export.state_plan import plan_states
 from .runtime.monitor import reference_statistics
 from .importers import load_network, sniff_format
@@ -116,27 +118,52 @@ def _tflite_tensors(path) -> tuple:
     return tensors, stepper.ops(), all_tensors, stepper
 
 
-def convert(options: ConvertOptions, log=print) -> dict:
-    """Run the whole conversion; returns the manifest (also written into ``options.out``)."""
+def convert(options: ConvertOptions) -> dict:
+    """Run the whole conversion; returns the manifest (also written into ``options.out``).
+
+    The bundle is built in a hidden sibling directory and moved into place only when it is
+    complete: a failed conversion leaves an existing bundle untouched."""
+    final = Path(options.out)
+    partial = final.parent / f".{final.name}.partial"
+    try:
+        return _build(options, final, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     target = load_target(options.target)
     formats = options.formats or target.formats
     quants = options.quant or target.quant
     network = load_network(options.model)
     source_format = sniff_format(options.model)
 
-    calibration = load_calibration(options.calibration, features=options.features, group=options.group)
-    calibration.check(network.n_features)
-    if options.scaler:
+    token = network.input_kind == "token"
+    calibration = load_calibration(options.calibration, features=options.features, group=options.group, tokens=token)
+    if token:
+        calibration.check_tokens(network.vocabulary)
+    else:
+        calibration.check(network.n_features)
+    if options.eval_data:
+        calibration_part = calibration
+        held_out = load_calibration(options.eval_data, features=options.features, group=options.group, tokens=token)
+        held_out.check_tokens(network.vocabulary) if token else held_out.check(network.n_features)
+    else:
+        calibration_part, held_out = calibration.split(options.holdout)
+    if sum(len(s) for s in held_out.sequences) == 0 or not calibration_part.sequences:
+        raise CalibrationError(
+            f"{calibration.source}: too little data to both calibrate and hold out sequences for the report; "
+            "give more sequences or --eval HELDOUT"
+        )
+    # normalisation from the calibration part only: held-out data stays unseen
+    if token:  # token ids are looked up, never normalised
+        normalization = Normalization.identity(1)
+    elif options.scaler:
         normalization = Normalization.from_file(options.scaler, network.n_features)
     else:
         kind = options.normalization or calibration.normalization or "none"
-        normalization = Normalization.fit(kind, np.concatenate(calibration.sequences))
-    if options.eval_data:
-        calibration_part = calibration
-        held_out = load_calibration(options.eval_data, features=options.features, group=options.group)
-        held_out.check(network.n_features)
-    else:
-        calibration_part, held_out = calibration.split(options.holdout)
+        normalization = Normalization.fit(kind, np.concatenate(calibration_part.sequences))
     calib_sequences = [normalization.apply(s) for s in calibration_part.sequences]
 
     with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
@@ -145,11 +172,13 @@ def convert(options: ConvertOptions, log=print) -> dict:
     state_ranges = plan.tensor_ranges(recording.unit_ranges)
     samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
     onnx_samples = [plan.feed(sample) for sample in recording.samples(options.onnx_samples, seed=options.seed)]
+    if token:  # the step models take integer ids: int32 for TFLite, int64 for ONNX
+        samples = [dict(s, x=s["x"].astype(np.int32)) for s in samples]
+        onnx_samples = [dict(s, x=s["x"].astype(np.int64)) for s in onnx_samples]
 
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("step_*"):
-        stale.unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     jobs = [(fmt, q, "quantized") for fmt in formats for q in quants if not (fmt == "onnx" and q in ("float16", "dynamic", "int16x8"))]
     if ("tflite", "int8", "quantized") in jobs:  # and the variant the device runtime drives
         jobs.insert(jobs.index(("tflite", "int8", "quantized")) + 1, ("tflite", "int8", "stream"))
@@ -188,9 +217,11 @@ def convert(options: ConvertOptions, log=print) -> dict:
     save_network(network, out / "network.npz")
     files.append({"file": "network.npz", "sha256": sha256_of(out / "network.npz")})
     source_sha = sha256_of(options.model)
-    bundle_id = hashlib.sha256("".join(m["sha256"] for m in models).encode()).hexdigest()[:16]
-    raw_all = np.concatenate(calibration.sequences).astype(np.float64)
-    reference = reference_statistics(raw_all, options.drift_bins, _int8_input_range(models, normalization, raw_all))
+    identity = {"models": [m["sha256"] for m in models], "network": network.describe(), "window": options.window,
+                "normalization": normalization.to_json(), "plan": plan.describe()}
+    bundle_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    raw_all = np.concatenate(calibration_part.sequences).astype(np.float64)
+    reference = None if token else reference_statistics(raw_all, options.drift_bins, _int8_input_range(models, normalization, raw_all))
     manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -204,6 +235,8 @@ def convert(options: ConvertOptions, log=print) -> dict:
         },
         "network": network.describe(),
         "input": {
+            "kind": network.input_kind,
+            "vocabulary": network.vocabulary,
             "n_features": network.n_features,
             "features": list(calibration.feature_names),
             "normalization": normalization.to_json(),
@@ -213,7 +246,7 @@ def convert(options: ConvertOptions, log=print) -> dict:
                 "min": raw_all.min(axis=0).tolist(),
                 "max": raw_all.max(axis=0).tolist(),
             },
-            "reference": reference,
+            **({"reference": reference} if reference else {}),
         },
         "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
         "window": options.window,
@@ -239,6 +272,15 @@ def convert(options: ConvertOptions, log=print) -> dict:
     }
     manifest.update(options.extra_manifest)
     write_json_atomic(out / MANIFEST, manifest)
+    if final.exists():
+        retired = final.parent / f".{final.name}.old"
+        if retired.exists():
+            shutil.rmtree(retired)
+        final.rename(retired)
+        out.rename(final)
+        shutil.rmtree(retired)
+    else:
+        out.rename(final)
     return manifest
 
 

@@ -164,26 +164,24 @@ def _stream_engines(bundle: Path, count: int, rate: float, every: int) -> list:
     runtime = load(bundle)
     with PtyLink() as link:
         bridge = Bridge(link.path, runtime, sinks=[printer], alarms=[ALARM], device="engine").start()
-        if not bridge.wait(lambda: bridge._port is not None, 10):
-            raise EdgeLSTMError(f"the bridge could not open {link.path}")
-        print(f"streaming {len(units)} test engines through a pty ({link.path}) into the bridge at {rate:g} cycles/s, "
-              f"alarm {ALARM} (RUL below 30 cycles, clear above 35)")
-        for unit, engine in zip(candidates, units):
-            stepped_before = bridge.stats.readings_stepped
-            runtime.reset()
-            for rule in bridge.alarms:
-                rule.active = False
-            printer.engine, printer.length, printer.final = unit, len(engine), float(truth[unit - 1])
-            printer.rows, printer.alarms = [], []
-            simulator = Simulator([engine], rate=rate)
-            simulator.play(link.write)
-            if not bridge.wait(lambda: bridge.stats.readings_stepped >= stepped_before + len(engine), 30):
-                raise EdgeLSTMError(f"engine {unit}: only {bridge.stats.readings_stepped - stepped_before} of {len(engine)} cycles arrived")
-            bridge.decoder.reset_sequence()  # the next engine's device starts again at sequence 0
-            final = printer.rows[-1]
-            results.append({"engine": unit, "cycles": len(engine), "predicted_rul": round(final[1], 2), "true_rul": final[2],
-                            "alarms": printer.alarms})
-        bridge.stop()
+        try:
+            if not bridge.wait(lambda: bridge._port is not None, 10):
+                raise EdgeLSTMError(f"the bridge could not open {link.path}")
+            print(f"streaming {len(units)} test engines through a pty ({link.path}) into the bridge at {rate:g} cycles/s, "
+                  f"alarm {ALARM} (RUL below 30 cycles, clear above 35)")
+            for unit, engine in zip(candidates, units):
+                bridge.restart_stream()  # a new engine: fresh state and alarms, in order with its readings
+                stepped_before = bridge.stats.readings_stepped
+                printer.engine, printer.length, printer.final = unit, len(engine), float(truth[unit - 1])
+                printer.rows, printer.alarms = [], []
+                Simulator([engine], rate=rate).play(link.write)  # its device counts from sequence 0: a restart
+                if not bridge.wait(lambda: bridge.stats.readings_stepped >= stepped_before + len(engine), 30):
+                    raise EdgeLSTMError(f"engine {unit}: only {bridge.stats.readings_stepped - stepped_before} of {len(engine)} cycles arrived")
+                final = printer.rows[-1]
+                results.append({"engine": unit, "cycles": len(engine), "predicted_rul": round(final[1], 2), "true_rul": final[2],
+                                "alarms": printer.alarms})
+        finally:
+            bridge.stop()
     results.append({"bridge": bridge.counters})
     return results
 

@@ -46,6 +46,8 @@ def stream(stepper, sequences: list, output_size: int) -> list:
 
 def long_stream(sequences: list, minimum: int = LONG_STREAM_STEPS) -> np.ndarray:
     """Held-out sequences played back to back (repeated as needed) to at least ``minimum`` steps."""
+    if sum(len(s) for s in sequences) == 0:
+        raise ValueError("no held-out steps to measure on")
     parts, total = [], 0
     while total < minimum:
         for sequence in sequences:

@@ -106,6 +106,37 @@ class DenseLayer:
 
 
 @dataclass
+class EmbeddingLayer:
+    """A token-id lookup: ``y = table[token]``. Only as the first layer: the step model then
+    takes one token id per step (an integer), which is how the guides' text models stream."""
+
+    name: str
+    table: np.ndarray  # (vocabulary, dim)
+
+    kind = "embedding"
+
+    @property
+    def vocabulary(self) -> int:
+        return int(self.table.shape[0])
+
+    @property
+    def input_size(self) -> int:
+        return 1
+
+    @property
+    def output_size(self) -> int:
+        return int(self.table.shape[1])
+
+    @property
+    def parameter_count(self) -> int:
+        return int(self.table.size)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": 1,
+                "vocabulary": self.vocabulary, "activation": "linear", "parameters": self.parameter_count}
+
+
+@dataclass
 class AffineLayer:
     """A per-feature ``y = x * scale + shift`` (BatchNormalization at inference).
 
@@ -147,6 +178,15 @@ class Network:
     notes: list = field(default_factory=list)
 
     @property
+    def input_kind(self) -> str:
+        """``"token"`` when the model starts with an Embedding (one integer id per step), else ``"features"``."""
+        return "token" if self.layers and isinstance(self.layers[0], EmbeddingLayer) else "features"
+
+    @property
+    def vocabulary(self) -> int | None:
+        return self.layers[0].vocabulary if self.input_kind == "token" else None
+
+    @property
     def lstm_layers(self) -> list:
         return [layer for layer in self.layers if isinstance(layer, LSTMLayer)]
 
@@ -179,6 +219,8 @@ class Network:
     def describe(self) -> dict:
         return {
             "n_features": self.n_features,
+            "input_kind": self.input_kind,
+            "vocabulary": self.vocabulary,
             "output_size": self.output_size,
             "output_mode": self.output_mode,
             "parameters": self.parameter_count,
@@ -219,6 +261,9 @@ class Network:
                             f"layer {position} '{layer.name}' (LSTM): {attr} "
                             f"'{getattr(layer, attr)}' is not supported; supported: {', '.join(allowed)}"
                         )
+            elif isinstance(layer, EmbeddingLayer):
+                if position != 0:
+                    raise UnsupportedLayerError(f"layer {position} '{layer.name}' (Embedding): only the first layer may be an Embedding")
             elif isinstance(layer, DenseLayer):
                 if layer.activation not in activations.DENSE_ACTIVATIONS:
                     raise UnsupportedLayerError(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BundleError
-from .network import DenseLayer, LSTMLayer, Network
+from .network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
 
 
 def save_network(network: Network, path) -> None:
     arrays = {}
     for index, layer in enumerate(network.layers):
+        if isinstance(layer, EmbeddingLayer):
+            arrays[f"{index}.table"] = layer.table
+            continue
         arrays[f"{index}.kernel"] = layer.kernel
         arrays[f"{index}.bias"] = layer.bias
         if isinstance(layer, LSTMLayer):
@@ -46,6 +49,8 @@ def load_network_file(path, description: dict) -> Network:
                         return_sequences=spec["return_sequences"],
                     )
                 )
+            elif spec["kind"] == "embedding":
+                layers.append(EmbeddingLayer(spec["name"], weights[f"{index}.table"]))
             elif spec["kind"] == "dense":
                 layers.append(DenseLayer(spec["name"], weights[f"{index}.kernel"], weights[f"{index}.bias"], spec["activation"]))
             else:

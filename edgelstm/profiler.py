@@ -60,11 +60,14 @@ def _time_calls(call, steps: int, warmup: int) -> tuple:
 
 def readings(bundle: Bundle, count: int, streams: int, seed: int = 0) -> np.ndarray:
     """Readings around the calibration data: ``(count, streams, features)`` float32."""
+    rng = np.random.default_rng(seed)
+    vocabulary = bundle.manifest["input"].get("vocabulary")
+    if vocabulary:  # token ids for Embedding models
+        return rng.integers(0, vocabulary, (count, streams, 1)).astype(np.int64)
     stats = bundle.manifest["input"].get("calibration_stats")
     n = int(bundle.manifest["input"]["n_features"])
     mean = np.asarray(stats["mean"]) if stats else np.zeros(n)
     std = np.asarray(stats["std"]) if stats else np.ones(n)
-    rng = np.random.default_rng(seed)
     return (mean + std * rng.standard_normal((count, streams, n))).astype(np.float32)
 
 

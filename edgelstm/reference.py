@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import DenseLayer, LSTMLayer, Network
+from .network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
 
 
 class Reference:
@@ -27,7 +27,10 @@ class Reference:
 
     def step(self, x: np.ndarray, state: list) -> tuple:
         """One timestep. ``x`` is ``(batch, n_features)``; returns ``(y, new_state)``."""
-        value = np.asarray(x, dtype=np.float32)
+        if self.network.input_kind == "token":
+            value = self._layers[0].table[np.asarray(x).astype(np.int64).reshape(-1)]
+        else:
+            value = np.asarray(x, dtype=np.float32)
         new_state = []
         lstm_index = 0
         for layer in self._layers:
@@ -38,6 +41,8 @@ class Reference:
                 lstm_index += 1
             elif isinstance(layer, DenseLayer):
                 value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
+            elif isinstance(layer, EmbeddingLayer):
+                continue  # looked up above
             value = value.astype(np.float32, copy=False)
         return value, new_state
 
@@ -80,6 +85,7 @@ class Reference:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """What the source model's ``predict`` returns for ``(batch, T, n_features)``."""
+        # token models: (batch, T) ids become (batch, T, 1)
         outputs, _ = self.run(np.asarray(batch, np.float32).reshape(len(batch), -1, self.network.n_features))
         return outputs if self.network.output_mode == "sequence" else outputs[:, -1]
 

@@ -80,8 +80,8 @@ def run_stream(args) -> int:
     finally:
         if source is not sys.stdin:
             source.close()
-    if args.state:
-        runtime.save_state(args.state)
+        if args.state:  # also when stopping on a bad line: keep what was stepped
+            runtime.save_state(args.state)
     counters = runtime.counters
     print(f"edgelstm run: {counters['steps']} steps, {rejected} rejected, {counters['held']} held "
           f"({runtime.model_file} on {runtime.backend})", file=sys.stderr)

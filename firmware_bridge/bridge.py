@@ -43,7 +43,6 @@ class BridgeStats:
     reconnects: int = 0
     started: float = field(default_factory=time.time)
     last_good_reading: float | None = None  # time.time() of the last stepped reading
-    step_seconds: list = field(default_factory=list)  # recent step latencies (bounded)
 
 
 class Bridge:
@@ -61,6 +60,9 @@ class Bridge:
         self.baud = baud
         self.sinks = list(sinks)
         self.alarms = [a if isinstance(a, AlarmRule) else AlarmRule.parse(a) for a in alarms]
+        for rule in self.alarms:
+            if rule.output >= runtime.output_size:
+                raise ValueError(f"alarm rule {rule.name}: the model has {runtime.output_size} output(s), y0..y{runtime.output_size - 1}")
         self.device = device
         self.reset_on_reconnect = reset_on_reconnect
         self.backoff = backoff
@@ -75,6 +77,8 @@ class Bridge:
         self._threads = []
         self._port = None
         self.error: BaseException | None = None
+        self.worker_errors = 0
+        self.lock = threading.Lock()  # the runtime is stepped by the worker, read by /healthz and stop()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "Bridge":
@@ -95,14 +99,23 @@ class Bridge:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        alive = [t.name for t in self._threads if t.is_alive()]
         self._close_port()
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:  # one failing sink must not keep the others from closing
                 self.error = self.error or exc
-        if self.state_path:
-            self.runtime.save_state(self.state_path)
+        if alive:  # never save a state a thread may still be changing
+            self.error = self.error or RuntimeError(f"{', '.join(alive)} did not stop within {timeout} s; state not saved")
+        elif self.state_path:
+            with self.lock:
+                self.runtime.save_state(self.state_path)
+
+    def restart_stream(self) -> None:
+        """Start the stream afresh (a new machine on this port): the worker resets the runtime
+        and the alarm rules in order with the readings, and the decoder forgets the sequence."""
+        self._queue.put((_RESET, 0))
 
     def wait(self, condition, timeout: float) -> bool:
         """Poll ``condition()`` until true or ``timeout`` seconds pass (for tests and tools)."""
@@ -119,7 +132,8 @@ class Bridge:
         saturation, else ``ok``."""
         stale_after = self.stale_after if stale_after is None else stale_after
         now = time.time()
-        runtime = self.runtime.health()
+        with self.lock:
+            runtime = self.runtime.health()
         last = self.stats.last_good_reading
         age = (now - last) if last else None
         status = runtime["status"] if runtime["status"] in ("ok", "degraded", "failing") else "ok"
@@ -137,6 +151,7 @@ class Bridge:
             "device": self.device,
             "uptime_s": round(now - self.stats.started, 3),
             "last_good_reading_age_s": None if age is None else round(age, 3),
+            "worker_errors": self.worker_errors,
             "frames": {"good": counters["frames_good"], "bad": sum(counters.get(f"frames_{k}", 0) for k in ("crc_failed", "malformed", "oversized", "garbage", "wrong_count")),
                        "dropped": counters.get("frames_dropped", 0), "queue_overflow": counters["queue_overflow"]},
             "steps_per_s": round(self.stats.readings_stepped / elapsed, 3),
@@ -191,10 +206,16 @@ class Bridge:
                 try:
                     data = self._port.read(max(1, self._port.in_waiting))
                 except (serial.SerialException, OSError, TypeError, AttributeError):
-                    self._reconnect()
+                    if not self._reconnect():
+                        return  # stopped, or the port stayed away longer than open_timeout
                     continue
                 if data:
-                    self._enqueue(self.decoder.feed(data))
+                    try:
+                        frames = self.decoder.feed(data)
+                    except Exception as exc:  # a decoder bug must not stop the reading
+                        self.error = exc
+                        continue
+                    self._enqueue(frames)
         finally:
             self._reader_done.set()
 
@@ -207,7 +228,7 @@ class Bridge:
             except queue.Full:
                 self.stats.queue_overflow += 1
 
-    def _reconnect(self) -> None:
+    def _reconnect(self) -> bool:
         self.stats.disconnects += 1
         self._close_port()
         self.decoder.reset_sequence()
@@ -218,6 +239,8 @@ class Bridge:
                 self.stats.queue_overflow += 1
         if self._open():
             self.stats.reconnects += 1
+            return True
+        return False
 
     # ---------------------------------------------------------------- worker
     def _work_loop(self) -> None:
@@ -229,21 +252,30 @@ class Bridge:
                 if self._stop.is_set() and self._reader_done.is_set():
                     return
                 continue
-            if frame is _RESET:
-                self.runtime.reset()
-                continue
-            self._handle(frame, arrived)
+            try:
+                if frame is _RESET:
+                    with self.lock:
+                        self.runtime.reset()
+                    for rule in self.alarms:
+                        rule.active = False
+                    continue
+                self._handle(frame, arrived)
+            except Exception as exc:  # counted and kept; the worker carries on with the next reading
+                self.worker_errors += 1
+                self.error = exc
 
     def _handle(self, frame, arrived_ns: int) -> None:
-        start = time.perf_counter()
-        try:
-            y = self.runtime.step(frame.values)
-        except Exception as exc:  # the runtime's InputError under the "error" policy, and anything else
-            self.stats.readings_rejected += 1
-            self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": str(exc)})
-            return
-        elapsed = time.perf_counter() - start
-        values = [float(v) for v in np.ravel(y)]
+        with self.lock:
+            start = time.perf_counter()
+            try:
+                y = self.runtime.step(frame.values)
+            except Exception as exc:  # the runtime's InputError under the "error" policy, and anything else
+                self.stats.readings_rejected += 1
+                self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": str(exc)})
+                return
+            elapsed = time.perf_counter() - start
+            values = [float(v) for v in np.ravel(y)]
+            monitor_events = self.runtime.events()
         if values and values[0] != values[0]:  # NaN: the runtime skipped a bad reading
             self.stats.readings_rejected += 1
             self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": "bad reading skipped"})
@@ -251,14 +283,12 @@ class Bridge:
         stats = self.stats
         stats.readings_stepped += 1
         stats.last_good_reading = time.time()
-        if len(stats.step_seconds) < 100_000:
-            stats.step_seconds.append(elapsed)
         event = {
             "event": "prediction", "device": self.device, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
             "time": stats.last_good_reading, "y": values, "step_us": elapsed * 1e6, "arrived_ns": arrived_ns,
         }
         self._emit(event)
-        for monitor_event in self.runtime.events():  # drift, saturation, stuck sensors
+        for monitor_event in monitor_events:  # drift, saturation, stuck sensors
             monitor_event["device"] = self.device
             monitor_event["seq"] = frame.sequence
             monitor_event["time"] = stats.last_good_reading

@@ -43,6 +43,8 @@ from cobs import cobs
 VERSION = 1
 FLOAT32, INT16 = 0, 1
 MAX_CHANNELS = 64
+#: A sequence number at most this far behind the last one is a repeat; further back, a restart.
+RESTART_WINDOW = 16
 HEADER = struct.Struct("<BBHQB")
 #: Largest payload + CRC: header, scale, 64 int16-or-float32 values, CRC-32.
 MAX_RAW_BYTES = HEADER.size + 4 + 4 * MAX_CHANNELS + 4
@@ -115,7 +117,8 @@ class FrameCounters:
     malformed: int = 0  # COBS-invalid, too short, bad version or lengths
     oversized: int = 0  # delimiter-free runs longer than any frame
     dropped: int = 0  # frames missing from the sequence (gaps)
-    duplicates: int = 0  # same sequence number again (or older than the last)
+    duplicates: int = 0  # same sequence number again, or a little behind the last one
+    restarts: int = 0  # the sequence jumped far back: the device restarted, counting begins again
     bytes: int = 0
 
     def as_dict(self) -> dict:
@@ -182,10 +185,14 @@ class FrameDecoder:
             return None
         if self._last_sequence is not None:
             gap = (frame.sequence - self._last_sequence) & 0xFFFF
-            if gap == 0 or gap > 0x8000:  # same, or behind the last one: a duplicate
+            behind = (0x10000 - gap) & 0xFFFF
+            if gap == 0 or 0 < behind <= RESTART_WINDOW:  # the same frame again, or a late repeat
                 self.counters.duplicates += 1
                 return None
-            self.counters.dropped += gap - 1
+            if gap > 0x8000:  # far behind: the device restarted (a reboot behind a USB-UART adapter)
+                self.counters.restarts += 1
+            else:
+                self.counters.dropped += gap - 1
         self._last_sequence = frame.sequence
         self.counters.good += 1
         return frame
@@ -264,14 +271,14 @@ class CsvDecoder:
             return None
         try:
             numbers = [float(part) for part in _SEPARATORS.split(text) if part]
-        except ValueError:
+            if len(numbers) == self.channels + 1:
+                timestamp, numbers = int(numbers[0]), numbers[1:]  # nan/inf here: garbage
+            else:
+                timestamp = 0
+        except (ValueError, OverflowError):
             self.counters.garbage += 1
             return None
-        if len(numbers) == self.channels + 1:
-            timestamp, numbers = int(numbers[0]), numbers[1:]
-        elif len(numbers) == self.channels:
-            timestamp = 0
-        else:
+        if len(numbers) != self.channels:
             self.counters.wrong_count += 1
             return None
         self.counters.good += 1

@@ -177,7 +177,12 @@ class PrometheusSink(Sink):
         self.registry.register(_BridgeCollector(bridge))
         for rule in bridge.alarms:
             self.alarm.labels(bridge.device, rule.name).set(0)
-        self._server = _serve(self.address, self.port, self.registry, bridge)
+        try:
+            self._server = _serve(self.address, self.port, self.registry, bridge)
+        except OSError as exc:
+            from edgelstm.errors import EdgeLSTMError
+
+            raise EdgeLSTMError(f"metrics endpoint {self.address}:{self.port}: {exc.strerror or exc}") from None
 
     def emit(self, event: dict) -> None:
         kind = event["event"]

@@ -291,3 +291,24 @@ def test_socket_url_to_the_simulators_tcp_server_with_a_disconnect(cmapss_bundle
     assert bridge.counters["frames_crc_failed"] == 0
     sequences = [e["seq"] for e in sink.predictions()]
     assert len(sequences) == len(set(sequences))  # nothing counted twice
+
+
+def test_device_restart_is_a_restart_not_thousands_of_duplicates():
+    decoder = FrameDecoder()
+    values = np.ones(3, np.float32)
+    frames = decoder.feed(b"".join(encode_frame(s, s, values) for s in range(30000, 30010)))
+    frames += decoder.feed(encode_frame(30005, 0, values))  # a late repeat
+    frames += decoder.feed(b"".join(encode_frame(s, s, values) for s in range(0, 50)))  # the MCU rebooted
+    c = decoder.counters
+    assert (len(frames), c.good, c.duplicates, c.restarts, c.dropped) == (60, 60, 1, 1, 0)
+
+
+def test_csv_nan_timestamp_is_garbage_not_a_dead_reader():
+    decoder = CsvDecoder(2)
+    frames = decoder.feed(b"partial\nnan,2,3\ninf,2,3\n5,1,2\n")
+    assert len(frames) == 1 and decoder.counters.garbage == 2
+
+
+def test_alarm_rule_beyond_the_outputs_is_refused(cmapss_bundle):
+    with pytest.raises(ValueError, match="the model has 1 output"):
+        Bridge("loop://", edgelstm.load(cmapss_bundle), alarms=["y1>5"])

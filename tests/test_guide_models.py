@@ -1,7 +1,6 @@
-"""The guides' model shapes (issue: "The guide's own models ..."): the multivariate forecaster.
-
-The Embedding text classifier and the Bidirectional classifier need Embedding and
-Bidirectional support, which edgelstm does not have yet; they are refused with a clear error.
+"""The guides' model shapes (issue: "The guide's own models ..."): the multivariate forecaster
+and the Embedding text classifier. The Bidirectional classifier needs window-model support,
+which edgelstm does not have yet; it is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -48,13 +47,48 @@ def test_multivariate_forecaster_converts_and_matches_keras(keras, tmp_path, rng
     assert np.isfinite(report["models"]["onnx int8"]["relative_rmse"])
 
 
-@pytest.mark.parametrize("kind", ["embedding", "bidirectional"])
-def test_text_classifiers_are_refused_clearly_for_now(keras, tmp_path, kind):
+def test_text_classifier_with_embedding_streams_token_ids(keras, tmp_path, rng):
+    """The guide's text classifier, exactly as the guide builds it; step() takes a token id."""
+    import edgelstm
+    from edgelstm.errors import CalibrationError, InputError
+
     L = keras.layers
-    if kind == "embedding":
-        layers = [keras.Input((None,)), L.Embedding(10000, 128), L.SpatialDropout1D(0.3), L.LSTM(64), L.Dense(1, activation="sigmoid")]
-    else:
-        layers = [keras.Input((None, 8)), L.Bidirectional(L.LSTM(64)), L.Dense(1, activation="sigmoid")]
-    keras.Sequential(layers).save(tmp_path / "m.keras")
-    with pytest.raises(UnsupportedLayerError, match="not yet supported|takes \\(batch, time, features\\)"):
+    model = keras.Sequential([
+        keras.Input((None,)), L.Embedding(10000, 128), L.SpatialDropout1D(0.3),
+        L.LSTM(64, return_sequences=True, dropout=0.2, recurrent_dropout=0.2,
+               kernel_regularizer=keras.regularizers.l2(1e-5), recurrent_initializer="orthogonal"),
+        L.LSTM(32, dropout=0.2, recurrent_dropout=0.2), L.Dense(32, activation="swish"), L.Dropout(0.5),
+        L.Dense(1, activation="sigmoid"),
+    ])
+    model.compile("adam", "binary_crossentropy")
+    model.fit(rng.integers(0, 10000, (32, 30)), rng.integers(0, 2, (32, 1)), epochs=1, verbose=0)
+    model.save(tmp_path / "text.keras")
+    np.save(tmp_path / "tokens.npy", rng.integers(0, 10000, (20, 40)))
+    run_cli("convert", tmp_path / "text.keras", "--calibration", tmp_path / "tokens.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--long-steps", "500", "--quiet")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["input"]["kind"] == "token" and manifest["input"]["vocabulary"] == 10000
+    tokens = rng.integers(0, 10000, 25)
+    expected = model.predict(tokens[None], verbose=0)[0]
+    for backend, name in (("litert", "float32"), ("onnxruntime", "float32")):
+        runtime = edgelstm.load(tmp_path / "b", backend=backend, model=name)
+        for token in tokens:
+            y = runtime.step(int(token))
+        assert np.max(np.abs(y - expected)) <= 1e-5, backend
+    int8 = edgelstm.load(tmp_path / "b")
+    assert np.isfinite(int8.run(tokens.reshape(-1, 1))).all()
+    with pytest.raises(InputError, match="token id 10000 is out of range 0..9999"):
+        int8.step(10000)
+    with pytest.raises(InputError, match="token id -1 is out of range"):
+        int8.step(-1)
+    assert int(int8.steps[0]) == 25  # refused ids changed nothing
+    np.save(tmp_path / "bad.npy", np.array([[1, 2, 10000]]))
+    result = run_cli("convert", tmp_path / "text.keras", "--calibration", tmp_path / "bad.npy", "--out", tmp_path / "c", check=False)
+    assert result.returncode == 2 and "token id 10000 in sequence 0, step 2 is not in 0..9999" in result.stderr
+
+
+def test_bidirectional_classifier_is_refused_clearly_for_now(keras, tmp_path):
+    L = keras.layers
+    keras.Sequential([keras.Input((None, 8)), L.Bidirectional(L.LSTM(64)), L.Dense(1, activation="sigmoid")]).save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedLayerError, match="Bidirectional is not yet supported"):
         load_network(tmp_path / "m.keras")

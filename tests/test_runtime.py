@@ -237,3 +237,56 @@ print(heavy)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_manifest_cannot_name_an_arbitrary_delegate_library(cmapss_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(cmapss_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["target"]["delegate"] = "/tmp/evil.so"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="only libedgetpu"):
+        edgelstm.load(copy)
+    manifest["target"]["delegate"] = None
+    manifest["models"][0]["file"] = "../outside.tflite"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        edgelstm.load(copy)
+
+
+def test_state_of_another_stream_count_is_refused_before_anything_changes(cmapss_bundle, engines):
+    four = edgelstm.load(cmapss_bundle, streams=4)
+    two = edgelstm.load(cmapss_bundle, streams=2)
+    two.run(np.stack([engines[0][:5], engines[1][:5]], axis=1))
+    before = two.get_state()
+    with pytest.raises(BundleError, match="holds 4 stream"):
+        two.set_state(four.get_state())
+    after = two.get_state()
+    assert all(np.array_equal(before["raw"][n], after["raw"][n]) for n in before["raw"])
+
+
+def test_a_rejected_reading_leaves_no_trace_in_the_monitor(cmapss_bundle, engines):
+    rt = edgelstm.load(cmapss_bundle, streams=2, on_bad_input="skip")
+    bad = np.full(14, np.nan, np.float32)
+    for t in range(60):
+        rt.step(np.stack([engines[3][t], bad]))
+    events = rt.events()
+    assert [e for e in events if e.get("stream") == 1] == []
+
+
+def test_a_failed_conversion_leaves_the_existing_bundle_untouched(cmapss_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(cmapss_bundle, copy)
+    np.save(tmp_path / "c13.npy", np.zeros((4, 10, 13), np.float32))
+    from .conftest import EXAMPLE_MODEL
+
+    result = run_cli("convert", EXAMPLE_MODEL, "--calibration", tmp_path / "c13.npy", "--out", copy, check=False)
+    assert result.returncode == 2
+    from edgelstm.bundle import Bundle
+
+    Bundle.open(copy)  # still complete and verified
+    assert not (tmp_path / ".bundle.partial").exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConversionError
-from ..network import DenseLayer, LSTMLayer, Network
+from ..network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
 
 OPSET = 17
@@ -35,6 +35,11 @@ class _GraphBuilder:
     def name(self, hint: str) -> str:
         self._count += 1
         return f"{hint}_{self._count}"
+
+    def int_const(self, hint: str, values) -> str:
+        name = self.name(hint)
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
 
     def const(self, hint: str, array) -> str:
         name = self.name(hint)
@@ -82,7 +87,9 @@ def build_float_model(network: Network, plan: StatePlan, batch="batch"):
     units_of = plan.tensor_units()
     graph = _GraphBuilder()
     value_info = lambda name, size: helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, size])  # noqa: E731
-    inputs = [value_info("x", network.n_features)] + [value_info(n, len(units_of[n])) for n in plan.state_names()]
+    token = network.input_kind == "token"
+    x_info = helper.make_tensor_value_info("x", TensorProto.INT64, [batch, 1]) if token else value_info("x", network.n_features)
+    inputs = [x_info] + [value_info(n, len(units_of[n])) for n in plan.state_names()]
     value = "x"
     k = 0
     for layer in net.layers:
@@ -115,6 +122,9 @@ def build_float_model(network: Network, plan: StatePlan, batch="batch"):
         elif isinstance(layer, DenseLayer):
             dense = graph.op("Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)])
             value = graph.activation(layer.activation, dense)
+        elif isinstance(layer, EmbeddingLayer):  # Gather rows of the table: (batch, 1) ids -> (batch, dim)
+            flat = graph.op("Reshape", [value, graph.int_const("flat", [-1])])
+            value = graph.op("Gather", [graph.const(f"{layer.name}_table", layer.table), flat], axis=0)
     graph.op("Identity", [value], output_names=["y"])
     sizes = {"y": network.output_size, **{f"{n}_out": len(units_of[n]) for n in plan.state_names()}}
     outputs = [value_info(name, sizes[name]) for name in plan.output_names()]

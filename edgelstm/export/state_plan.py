@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import DenseLayer, LSTMLayer, Network
+from ..network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
 
 
 @dataclass
@@ -119,6 +119,9 @@ def permuted_network(network: Network, plan: StatePlan) -> Network:
     """The same function with each LSTM's units in plan order (an exact rewrite)."""
     layers, previous_perm, k = [], None, 0
     for layer in network.layers:
+        if isinstance(layer, EmbeddingLayer):
+            layers.append(layer)
+            continue
         kernel = layer.kernel if previous_perm is None else layer.kernel[previous_perm]
         if isinstance(layer, LSTMLayer):
             perm = plan.layers[k].permutation

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..errors import ConversionError
-from ..network import DenseLayer, LSTMLayer, Network
+from ..network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -66,7 +66,8 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     net = permuted_network(network, plan)
     units_of = plan.tensor_units()
     names = plan.state_names()
-    specs = [tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
+    token = network.input_kind == "token"
+    specs = [tf.TensorSpec([batch, 1], tf.int32, name="x") if token else tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
     specs += [tf.TensorSpec([batch, len(units_of[name])], tf.float32, name=name) for name in names]
 
     def step(x, *state_list):
@@ -95,6 +96,8 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
                 value = _activation(
                     tf, layer.activation, tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
                 )
+            elif isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
+                value = tf.gather(tf.constant(layer.table), tf.reshape(value, [-1]))
         outputs["y"] = value
         return {name: outputs[name] for name in plan.output_names()}
 

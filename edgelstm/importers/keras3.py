@@ -23,15 +23,15 @@ from .keras_layers import KerasLayer, build_network, layers_from_model_config
 def load_keras3_archive(path: Path) -> Network:
     name = Path(path).name
     try:
-        archive = zipfile.ZipFile(path)
-        members = set(archive.namelist())
-        if "config.json" not in members:
-            raise ModelFormatError(f"{name}: zip archive without config.json; not a Keras 3 model archive")
-        config = json.loads(archive.read("config.json"))
-        metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in members else {}
-        if "model.weights.h5" not in members:
-            raise ModelFormatError(f"{name}: archive has no model.weights.h5 (weights missing)")
-        weights_bytes = archive.read("model.weights.h5")
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+            if "config.json" not in members:
+                raise ModelFormatError(f"{name}: zip archive without config.json; not a Keras 3 model archive")
+            config = json.loads(archive.read("config.json"))
+            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in members else {}
+            if "model.weights.h5" not in members:
+                raise ModelFormatError(f"{name}: archive has no model.weights.h5 (weights missing)")
+            weights_bytes = archive.read("model.weights.h5")
     except zipfile.BadZipFile as exc:
         raise ModelFormatError(f"{name}: damaged zip archive ({exc}); the file may be truncated") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

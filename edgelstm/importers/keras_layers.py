@@ -15,13 +15,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..network import AffineLayer, DenseLayer, LSTMLayer, Network, fold_affine_layers
+from ..network import AffineLayer, DenseLayer, EmbeddingLayer, LSTMLayer, Network, fold_affine_layers
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
-SUPPORTED_LAYERS = ("InputLayer", "LSTM", "Dense", "TimeDistributed(Dense)", "BatchNormalization") + IDENTITY_LAYERS
+SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "Dense", "TimeDistributed(Dense)", "BatchNormalization") + IDENTITY_LAYERS
 #: Recurrent layers and wrappers a later version will convert.
-NOT_YET_SUPPORTED = ("GRU", "Bidirectional", "SimpleRNN", "ConvLSTM1D", "RepeatVector", "Conv1D", "Embedding", "Masking")
+NOT_YET_SUPPORTED = ("GRU", "Bidirectional", "SimpleRNN", "ConvLSTM1D", "RepeatVector", "Conv1D", "Masking")
 
 _ACTIVATION_ALIASES = {"silu": "swish", None: "linear"}
 
@@ -100,6 +100,10 @@ def check_supported(layers: list) -> None:
                     "only the feature axis (-1)"
                 )
             continue
+        if cls == "Embedding":
+            if layer.config.get("mask_zero"):
+                raise UnsupportedLayerError(f"{layer.where()}: mask_zero=True (masking) is not supported")
+            continue
         if cls in ("InputLayer", "Dense") or cls in IDENTITY_LAYERS:
             continue
         raise UnsupportedLayerError(
@@ -113,7 +117,7 @@ def build_network(
     keras_major: int,
     source_format: str,
     source_name: str,
-    declared_features: int | None,
+    declared_features: list | None,
 ) -> Network:
     """Lower a checked chain into a validated :class:`Network`.
 
@@ -159,6 +163,8 @@ def build_network(
                 )
             elif cls == "BatchNormalization":
                 lowered.append(_batch_norm(layer, weights))
+            elif cls == "Embedding":
+                lowered.append(EmbeddingLayer(name=layer.name, table=weights[0]))
         except (IndexError, KeyError) as exc:
             raise ModelFormatError(
                 f"{source_name}: {layer.where()}: weights or config incomplete ({exc!r} missing); "
@@ -167,7 +173,18 @@ def build_network(
     lowered = fold_affine_layers(lowered)
     if not lowered:
         raise UnsupportedLayerError(f"{source_name}: the model has no layer with weights")
-    n_features = declared_features if declared_features else lowered[0].input_size
+    token_model = isinstance(lowered[0], EmbeddingLayer)
+    if declared_features is not None:
+        rank = len(declared_features)
+        if token_model and rank != 2:
+            raise UnsupportedLayerError(f"{source_name}: an Embedding model takes (batch, time) token ids, not shape {tuple(declared_features)}")
+        if not token_model and rank != 3:
+            raise UnsupportedLayerError(
+                f"model input has shape {tuple(declared_features)}; an LSTM model takes (batch, time, features)"
+            )
+    n_features = 1 if token_model else (
+        int(declared_features[-1]) if declared_features and declared_features[-1] is not None else lowered[0].input_size
+    )
     network = Network(n_features=n_features, layers=lowered, source_format=source_format, source_name=source_name)
     return network.validate()
 
@@ -189,16 +206,9 @@ def _batch_norm(layer: KerasLayer, weights: list) -> AffineLayer:
     return AffineLayer(name=layer.name, scale=scale.astype(np.float32), shift=shift.astype(np.float32))
 
 
-def declared_feature_count(shape) -> int | None:
-    """Features of a Keras input shape ``(batch, time, features)``; refuse non-sequence inputs."""
-    if shape is None:
-        return None
-    shape = list(shape)
-    if len(shape) != 3:
-        raise UnsupportedLayerError(
-            f"model input has shape {tuple(shape)}; an LSTM model takes (batch, time, features)"
-        )
-    return int(shape[-1]) if shape[-1] is not None else None
+def declared_input_shape(shape) -> list | None:
+    """The model's declared input shape (checked against the first layer in :func:`build_network`)."""
+    return None if shape is None else list(shape)
 
 
 def chain_from_functional(layer_configs: list, keras_major: int, source_name: str) -> list:
@@ -249,7 +259,7 @@ def _inbound_names(nodes) -> list:
 
 
 def layers_from_model_config(model_config: dict, keras_major: int, source_name: str) -> tuple:
-    """Return ``(chain of KerasLayer, declared feature count)`` from a model's JSON config."""
+    """Return ``(chain of KerasLayer, declared input shape or None)`` from a model's JSON config."""
     cls = model_config.get("class_name")
     config = model_config.get("config") or {}
     if cls not in ("Sequential", "Functional", "Model"):
@@ -272,9 +282,9 @@ def layers_from_model_config(model_config: dict, keras_major: int, source_name: 
             )
         for key in ("batch_shape", "batch_input_shape"):
             if layer_cfg.get(key) is not None and declared is None:
-                declared = declared_feature_count(layer_cfg[key])
+                declared = declared_input_shape(layer_cfg[key])
         if declared is None and isinstance(raw.get("build_config"), dict) and position == 0:
-            declared = declared_feature_count(raw["build_config"].get("input_shape"))
+            declared = declared_input_shape(raw["build_config"].get("input_shape"))
         chain.append(
             KerasLayer(
                 position=position,

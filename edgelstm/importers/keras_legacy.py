@@ -41,7 +41,7 @@ def load_keras2_hdf5(path: Path) -> Network:
             raise ModelFormatError(f"{name}: model_config is not valid JSON ({exc})") from None
         version = _text(handle.attrs.get("keras_version", "2"))
         major = int(version.split(".")[0]) if version[:1].isdigit() else 2
-        chain, declared = layers_from_model_config(config, keras_major=min(major, 2), source_name=name)
+        chain, declared = layers_from_model_config(config, keras_major=major, source_name=name)
         weights_root = handle.get("model_weights", handle)
 
         def read_weights(layer: KerasLayer) -> list:
@@ -56,7 +56,7 @@ def load_keras2_hdf5(path: Path) -> Network:
         network = build_network(
             chain,
             read_weights,
-            keras_major=2,
+            keras_major=major,  # Keras 3 can write this format too, and its hard_sigmoid differs
             source_format="keras2-hdf5",
             source_name=name,
             declared_features=declared,

@@ -7,6 +7,7 @@ upstream, numpy<2 only), then ``tensorflow.lite`` when only TensorFlow is instal
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import warnings
 

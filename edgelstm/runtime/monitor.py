@@ -42,8 +42,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import collections
+
 import numpy as np
 
+MAX_EVENTS = 1000  # events kept until events() is called; older ones are dropped and counted
 EPSILON = 1e-4  # floor for bin shares in PSI (an empty bin would make it infinite)
 
 
@@ -65,7 +68,7 @@ class DriftMonitor:
     def __init__(self, reference: dict, feature_names: list, streams: int, thresholds: Thresholds | None = None,
                  state_arrays=None):
         self.t = thresholds or Thresholds()
-        self.state_arrays = [a for a in (state_arrays or []) if a.dtype.kind == "i"]
+        self.state_arrays = [a for a in (state_arrays or []) if a.dtype == np.int8]  # int8 models only
         self.names = list(feature_names)
         self.streams = streams
         n = len(self.names)
@@ -90,7 +93,9 @@ class DriftMonitor:
         self.drifting = np.zeros((streams, n), bool)
         self.stuck = np.zeros((streams, n), bool)
         self.saturating = np.zeros(streams, bool)
-        self.events: list = []
+        self.events = collections.deque(maxlen=MAX_EVENTS)  # bounded: events() drains it
+        self.events_dropped = 0
+        self._reset_at = np.zeros(streams, np.int64)  # _seen when each stream was last reset
         self.evaluations = 0
         self._row_cache = {}
         self._weight_cache = {}
@@ -102,9 +107,15 @@ class DriftMonitor:
         self._current = self._previous = self._zeros
         self._gather_state = _int8_gatherer(self.state_arrays, streams) if self.state_arrays else None
 
-    def observe(self, readings) -> None:
-        """The hot-path part: remember this step's readings (``(streams, features)`` or ``(features,)``)."""
+    def observe(self, readings, rejected=None) -> None:
+        """The hot-path part: remember this step's readings (``(streams, features)`` or ``(features,)``).
+
+        ``rejected``: streams whose reading was refused; their row repeats their previous one,
+        so a refused reading leaves no trace in the statistics."""
         self._ring[self._position] = readings
+        if rejected is not None:  # repeat the stream's last row, and do not count it toward its window
+            self._ring[self._position, rejected] = self._ring[self._position - 1, rejected]
+            self._reset_at[rejected] += 1
         self._position += 1
         self._seen += 1
         if self._position == 2 * self.t.window:
@@ -138,8 +149,8 @@ class DriftMonitor:
         """Recompute the statistics over the window and emit events for flags that changed.
 
         It runs every ``every`` steps on the device, so it is a handful of vectorised calls:
-        one matmul gives both window means; the window's min and max (stuck sensors and
-        input saturation) are taken every other evaluation."""
+        one matmul gives both window means, one min and one max give stuck sensors and
+        input saturation, and the flag bookkeeping is skipped while nothing is near a line."""
         means = (self._weights() @ self._ring.reshape(self._ring.shape[0], -1)).reshape(2, self.streams, -1).astype(np.float64)
         current, previous = means[0], means[1]
         self.mean_shift = (current - self.mean) * self._inverse_std
@@ -169,6 +180,11 @@ class DriftMonitor:
         if not quiet:  # the common case skips the flag bookkeeping entirely
             self._update_flags(stuck)
 
+    def _fresh_mask(self):
+        """Streams reset less than a window ago hold another machine's readings: no flags yet."""
+        since = self._seen - self._reset_at
+        return since >= self.t.window, since >= 2 * self.t.window
+
     def _compute_psi(self) -> None:
         window = self._window().astype(np.float64)  # (W, streams, features)
         bins = (window[..., None] >= self.edges[None, None]).sum(-1)
@@ -180,9 +196,10 @@ class DriftMonitor:
 
     def _update_flags(self, stuck) -> None:
         t = self.t
-        jumped = np.abs(self.step_change) > t.step
-        away = np.abs(self.mean_shift) > t.shift
-        away &= self.psi > t.psi
+        full, doubly_full = self._fresh_mask()
+        jumped = (np.abs(self.step_change) > t.step) & doubly_full[:, None]
+        away = (np.abs(self.mean_shift) > t.shift) & (self.psi > t.psi) & full[:, None]
+        stuck = stuck & full[:, None]
         onset = (jumped | away) & ~self.drifting
         if onset.any():
             self.anchor = np.where(onset & jumped, self._previous, np.where(onset, self.mean, self.anchor))
@@ -190,39 +207,49 @@ class DriftMonitor:
         drifting = onset
         if self.drifting.any():
             drifting = onset | (self.drifting & (np.abs(self._current - self.anchor) / self.std > self.clear_at))
-        share = np.maximum(self.saturated.mean(-1), self.state_saturated)  # share of all input values of the window
+        share = np.where(full, np.maximum(self.saturated.mean(-1), self.state_saturated), 0.0)  # of all values in the window
         saturating = np.where(self.saturating, share > t.saturation / 2, share > t.saturation)
         if (drifting != self.drifting).any() or (stuck != self.stuck).any() or (saturating != self.saturating).any():
             self._emit_changes(drifting, stuck, saturating)
         self.drifting, self.stuck, self.saturating = drifting, stuck, saturating
         self._any_flag = bool(drifting.any() or stuck.any() or saturating.any())
 
+    def _add(self, event: dict) -> None:
+        if len(self.events) == self.events.maxlen:
+            self.events_dropped += 1  # the oldest goes
+        self.events.append(event)
+
     def _emit_changes(self, drifting, stuck, saturating) -> None:
         for stream in range(self.streams):
             for feature in np.flatnonzero(drifting[stream] != self.drifting[stream]):
                 kind = "drift" if drifting[stream, feature] else "drift_clear"
-                self.events.append({"event": kind, "stream": stream, "feature": self.names[feature],
+                self._add({"event": kind, "stream": stream, "feature": self.names[feature],
                                     "psi": round(float(self.psi[stream, feature]), 4),
                                     "mean_shift": round(float(self.mean_shift[stream, feature]), 3),
                                     "step_change": round(float(self.step_change[stream, feature]), 3)})
             for feature in np.flatnonzero(stuck[stream] != self.stuck[stream]):
                 kind = "stuck" if stuck[stream, feature] else "stuck_clear"
-                self.events.append({"event": kind, "stream": stream, "feature": self.names[feature],
+                self._add({"event": kind, "stream": stream, "feature": self.names[feature],
                                     "value": float(self._window()[0, stream, feature])})
             if saturating[stream] != self.saturating[stream]:
-                self.events.append({"event": "saturation" if saturating[stream] else "saturation_clear", "stream": stream,
+                self._add({"event": "saturation" if saturating[stream] else "saturation_clear", "stream": stream,
                                     "input_share": round(float(self.saturated[stream].mean()), 4),
                                     "state_share": round(float(self.state_saturated[stream]), 4)})
 
     def drain(self) -> list:
-        events, self.events = self.events, []
+        events = list(self.events)
+        self.events.clear()
         return events
 
     def reset(self, stream: int | None = None) -> None:
-        """Forget the flags of one stream, or of all streams and the window too."""
+        """Forget the flags of one stream (it waits a full window before new ones), or of all
+        streams and the window too."""
         rows = slice(None) if stream is None else stream
         if stream is None:
             self._position = self._seen = 0
+            self._reset_at[:] = 0
+        else:
+            self._reset_at[stream] = self._seen
         self.drifting[rows] = False
         self.stuck[rows] = False
         self.saturating[rows] = False
@@ -254,7 +281,7 @@ class DriftMonitor:
             status = "degraded"
         else:
             status = "ok"
-        return {"status": status, "readings": self._seen, "evaluations": self.evaluations,
+        return {"status": status, "readings": self._seen, "evaluations": self.evaluations, "events_dropped": self.events_dropped,
                 "thresholds": dict(vars(self.t)),
                 "streams": streams}
 

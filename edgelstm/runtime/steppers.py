@@ -158,7 +158,9 @@ class TFLiteStepper(_Stepper):
                 )
         self.batch, self.n_features = (int(v) for v in self._x.shape)
         self.output_size = int(self._y.shape[1])
-        self.x_quantized = self._x.dtype != np.float32
+        x_scale = self.inputs["x"]["quantization"][0]
+        self.x_token = self._x.dtype.kind == "i" and x_scale == 0  # an Embedding model: integer token ids
+        self.x_quantized = self._x.dtype != np.float32 and not self.x_token
         self._copy_state = arena_copier(self.state, self._state_out)
         self._tmp = np.empty(self._x.shape, np.float32)
         if self.x_quantized:
@@ -186,6 +188,9 @@ class TFLiteStepper(_Stepper):
         """Readings arrive in raw units: ``x = (raw - offset) * factor`` (then quantized, for an
         integer ``x``). Subtract first: sensor values such as 1590 +- 5 would lose their
         digits in float32 if ``raw * a + b`` were computed instead."""
+        if self.x_token:
+            self._write_x = self._copy_x
+            return
         offset = np.asarray(offset, np.float64)
         factor = 1.0 / np.asarray(scale, np.float64)
         if self.x_quantized:
@@ -241,13 +246,6 @@ class TFLiteStepper(_Stepper):
                 seen.append(op["op_name"])
         return seen
 
-    # compatibility helpers used by the converter's fidelity report
-    def get_state(self) -> list:
-        return [self.state_to_float(k, s) for k, s in enumerate(self.state)]
-
-    def set_state(self, state: list) -> None:
-        for k, values in enumerate(state):
-            self.state_from_float(k, values)
 
 
 class OnnxStepper(_Stepper):
@@ -275,7 +273,8 @@ class OnnxStepper(_Stepper):
         self._feed = dict(zip(self.state_names, self.state))
         self._offset = np.zeros(self.n_features, np.float32)
         self._inv_scale = np.ones(self.n_features, np.float32)
-        self._x = np.empty((self.batch, self.n_features), np.float32)
+        self.x_token = inputs["x"].type == "tensor(int64)"  # an Embedding model: integer token ids
+        self._x = np.empty((self.batch, self.n_features), np.int64 if self.x_token else np.float32)
         self._feed["x"] = self._x
 
     def set_normalization(self, offset, scale) -> None:
@@ -283,19 +282,16 @@ class OnnxStepper(_Stepper):
         self._inv_scale = (1.0 / np.asarray(scale, np.float64)).astype(np.float32)
 
     def step(self, x: np.ndarray) -> np.ndarray:
-        np.subtract(x, self._offset, out=self._x)
-        np.multiply(self._x, self._inv_scale, out=self._x)
+        if self.x_token:
+            self._x[...] = x
+        else:
+            np.subtract(x, self._offset, out=self._x)
+            np.multiply(self._x, self._inv_scale, out=self._x)
         outputs = self.session.run(self._output_names, self._feed)
         for array, value in zip(self.state, outputs[1:]):
             np.copyto(array, value)
         return outputs[0]
 
-    def get_state(self) -> list:
-        return [s.copy() for s in self.state]
-
-    def set_state(self, state: list) -> None:
-        for array, values in zip(self.state, state):
-            array[...] = values
 
 
 class NumpyStepper(_Stepper):
@@ -327,12 +323,6 @@ class NumpyStepper(_Stepper):
             np.copyto(array, value)
         return y
 
-    def get_state(self) -> list:
-        return [s.copy() for s in self.state]
-
-    def set_state(self, state: list) -> None:
-        for array, values in zip(self.state, state):
-            array[...] = values
 
 
 def _package_version(engine: str) -> str | None:

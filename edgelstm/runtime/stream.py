@@ -40,7 +40,8 @@ from math import isfinite as _isfinite
 BAD_INPUT_POLICIES = ("error", "skip", "hold")
 TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
 BACKENDS = TFLITE_BACKENDS + ("onnxruntime", "numpy")
-EDGETPU_LIBRARY = "libedgetpu.so.1"
+#: Delegate libraries a manifest may name (loading a library runs its code: never a path from a file).
+KNOWN_DELEGATES = frozenset({"libedgetpu.so.1", "libedgetpu.so.1.0"})
 EDGETPU_HELP = (
     "install the Edge TPU runtime from Coral's apt repository (packages.cloud.google.com/apt, "
     "coral-edgetpu-stable): sudo apt-get install libedgetpu1-std; then compile the int8 model "
@@ -68,8 +69,13 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
         raise ValueError("streams must be at least 1")
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     manifest = opened.manifest
-    if delegate == "target":
+    if delegate == "target":  # from the manifest: only a known library name, never a path
         delegate = manifest.get("target", {}).get("delegate")
+        if delegate is not None and delegate not in KNOWN_DELEGATES:
+            raise BundleError(
+                f"{opened.path}: the manifest names delegate {delegate!r}; only {', '.join(sorted(KNOWN_DELEGATES))} "
+                "are loaded from a manifest (pass delegate=... to load() to use another library)"
+            )
     names = [backend] if backend != "auto" else [b for b in BACKENDS if b in available_backends()]
     errors = []
     for name in names:
@@ -141,6 +147,12 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
                 f"{EDGETPU_HELP}; or load the bundle with delegate=None to run on the CPU"
             ) from None
         if compiled.exists():
+            listed = {entry["file"] for entry in bundle.manifest.get("files", [])}
+            if compiled.name not in listed:
+                raise BundleError(
+                    f"{compiled}: a compiled Edge TPU model that the manifest does not list (so its hash was not checked); "
+                    f"add it with: edgelstm bundle-add {bundle.path} {compiled}"
+                )
             path = compiled
     return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
 
@@ -159,6 +171,7 @@ class StreamRuntime:
         self._stepper = stepper
         manifest = bundle.manifest
         self.n_features = int(manifest["input"]["n_features"])
+        self.vocabulary = manifest["input"].get("vocabulary")  # token models: ids 0..vocabulary-1
         self.feature_names = list(manifest["input"].get("features") or [f"f{i}" for i in range(self.n_features)])
         self.output_size = int(manifest["outputs"][0]["size"])
         normalization = manifest["input"]["normalization"]
@@ -169,11 +182,10 @@ class StreamRuntime:
         self._single = streams == 1
         self._reading_shape = (self.n_features,) if self._single else (streams, self.n_features)
         self._ones = np.ones(streams * self.n_features, np.float32)
-        self._batch = np.empty((streams, self.n_features), np.float32)
         self._last_good = np.full((streams, self.n_features), np.nan, np.float32) if on_bad_input == "hold" else None
         self._nan_output = np.full((streams, self.output_size), np.nan, np.float32)
         self._nan_output.flags.writeable = False
-        self._plain = not window
+        self._plain = not window and not self.vocabulary  # token ids are always range-checked
         self._stepper_step = stepper.step
         # TFLite steppers return the same read-only buffer every step: keep its row view
         self._y_stable = getattr(stepper, "_y_result", None)
@@ -226,11 +238,11 @@ class StreamRuntime:
     def counters(self) -> dict:
         return {"steps": self._total, "rejected": self._rejected, "held": self._held}
 
-    def _advance(self, values) -> np.ndarray:
+    def _advance(self, values, rejected=None) -> np.ndarray:
         y = self._window_step(values) if self.window else self._stepper_step(values)
         self._total += 1
-        if self.monitor is not None:
-            self.monitor.observe(values)
+        if self.monitor is not None and not self.vocabulary:
+            self.monitor.observe(values, rejected)
         return y
 
     def events(self) -> list:
@@ -246,8 +258,29 @@ class StreamRuntime:
         report["model"] = self.model_file
         return report
 
+    def _token_step(self, x) -> np.ndarray:
+        """One token id per stream (an Embedding model): integers in ``0..vocabulary-1``."""
+        ids = np.asarray(x)
+        if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+            ids = ids.astype(np.int64)
+        if ids.dtype.kind not in "iu":
+            return self._reject_all(f"token ids must be integers, got {ids.dtype}")
+        if ids.size != self.streams:
+            return self._reject_all(f"{ids.size} token id(s) for {self.streams} stream(s)")
+        ids = ids.reshape(self.streams, 1)
+        bad = (ids < 0) | (ids >= self.vocabulary)
+        if bad.any():
+            stream = int(np.argwhere(bad)[0][0])
+            message = f"stream {stream}: token id {int(ids[stream, 0])} is out of range 0..{self.vocabulary - 1}"
+            if self.on_bad_input == "error" or bad.all():
+                return self._reject_all(message)
+            return self._step_some(ids, bad[:, 0])
+        return self._advance(ids)
+
     def _checked_step(self, x) -> np.ndarray:
         """Validate readings the fast path refused and apply the bad-input policy."""
+        if self.vocabulary:
+            return self._token_step(x)
         try:
             array = np.asarray(x)
         except (ValueError, TypeError) as exc:
@@ -310,8 +343,8 @@ class StreamRuntime:
         if self._last_good is not None:
             self._last_good[good] = values[good]
         values = values.copy()
-        values[rows_bad] = self._offset  # any finite reading; its effect is undone below
-        y = self._advance(values).copy()
+        values[rows_bad] = 0 if self.vocabulary else self._offset  # any valid reading; its effect is undone below
+        y = self._advance(values, rows_bad).copy()
         for array, rows in zip(self._stepper.state, saved):
             array[rows_bad] = rows
         if self.window:
@@ -401,8 +434,15 @@ class StreamRuntime:
                 f"state belongs to bundle {state.get('bundle_id')!r}, this runtime runs {self.bundle.bundle_id!r}"
             )
         rows = slice(None) if stream is None else slice(self._row(stream), self._row(stream) + 1)
+        target_rows = self.streams if stream is None else 1
         stepper = self._stepper
         same_model = state.get("model") == self.model_file and set(state.get("raw", {})) == set(stepper.state_names)
+        source = state.get("raw" if same_model else "state", {})
+        for name, values in source.items():  # check everything before writing anything
+            if np.asarray(values).shape[0] != target_rows:
+                raise BundleError(
+                    f"state tensor '{name}' holds {np.asarray(values).shape[0]} stream(s); restoring into {target_rows}"
+                )
         for k, (name, array) in enumerate(zip(stepper.state_names, stepper.state)):
             if same_model:
                 source = np.asarray(state["raw"][name])
@@ -413,6 +453,10 @@ class StreamRuntime:
                 base, units, _ = self._state_layout[name]
                 stepper.state_from_float(k, np.asarray(state["state"][base], np.float32)[:, units], rows)
         self._base[rows] = self._total - np.asarray(state.get("steps", 0), np.int64)
+        if self._last_good is not None:
+            self._last_good[rows] = np.nan
+        if self.monitor is not None:
+            self.monitor.reset(None if stream is None else self._row(stream))
         if self.window and "window" in state:
             self._ring[rows] = state["window"]
             self._filled[rows] = state["window_filled"]
