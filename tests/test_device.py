@@ -95,3 +95,18 @@ def test_shortened_demo_end_to_end(tmp_path):
     assert "ALARM y0<30" in result.stdout and "PHM08" in result.stdout
     for plot in ("rul_engine.png", "latency.png"):
         assert (tmp_path / "demo" / plot).stat().st_size > 10_000
+
+
+def test_tflite_runtime_backend_gives_the_same_int8_output(cmapss_bundle):
+    """tflite-runtime 2.14 (numpy<2 only) in its own venv, against LiteRT here: bit-identical output."""
+    import edgelstm
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_minimal_check.py"), str(cmapss_bundle), "--tflite-runtime"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "tflite_runtime" and report["heavy_modules"] == []
+    assert "tflite-runtime" in report["installed_packages"] and "ai-edge-litert" not in report["installed_packages"]
+    runtime = edgelstm.load(cmapss_bundle)
+    mean = np.asarray(runtime.bundle.manifest["input"]["calibration_stats"]["mean"], np.float32)
+    assert report["y"] == [float(v) for v in runtime.step(mean)]
