@@ -35,7 +35,7 @@ class ListSink:
         self.events.append(event)
 
     def close(self):
-        pass
+        self.closed = True
 
     def predictions(self):
         return [e for e in self.events if e["event"] == "prediction"]
@@ -118,10 +118,9 @@ def test_unplug_reconnects_and_carries_the_stream_state(cmapss_bundle, units):
         link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:30])))
         assert bridge.wait(lambda: len(sink.predictions()) == 30, 5)
         link.unplug()
-        time.sleep(0.1)
+        assert bridge.wait(lambda: bridge.stats.disconnects >= 1, 5)
         link.replug()
         assert bridge.wait(lambda: bridge.stats.reconnects >= 1 and bridge._port is not None, 5)
-        time.sleep(0.1)
         link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[30:])))  # the device restarted: seq from 0
         assert bridge.wait(lambda: len(sink.predictions()) == 60, 5)
         bridge.stop()
@@ -138,10 +137,9 @@ def test_reset_on_reconnect_restarts_the_stream(cmapss_bundle, units):
         link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:10])))
         assert bridge.wait(lambda: len(sink.predictions()) == 10, 5)
         link.unplug()
-        time.sleep(0.1)
+        assert bridge.wait(lambda: bridge.stats.disconnects >= 1, 5)
         link.replug()
         assert bridge.wait(lambda: bridge.stats.reconnects >= 1 and bridge._port is not None, 5)
-        time.sleep(0.1)
         link.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[10:])))
         assert bridge.wait(lambda: len(sink.predictions()) == 20, 5)
         bridge.stop()

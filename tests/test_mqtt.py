@@ -61,7 +61,9 @@ class Subscriber:
         self.messages = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgelstm-test-subscriber", clean_session=False)
+        self.subscribed = threading.Event()
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe("plant/#", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_message = self._message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", port)
@@ -97,8 +99,7 @@ def broker(tmp_path):
 
 def test_predictions_and_alarms_reach_the_broker_and_survive_an_outage(broker, cmapss_bundle):
     subscriber = Subscriber(broker.port)
-    assert _wait(lambda: subscriber.client.is_connected(), 5)
-    time.sleep(0.2)
+    assert subscriber.subscribed.wait(5)
     sink = MqttSink(port=broker.port, prefix="plant", device="pump7")
     assert sink.connected.wait(5)
     bridge = Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink], alarms=["y0<500:510"], device="pump7")
