@@ -30,7 +30,7 @@ from .calibrate import record
 from .calibration import load_calibration
 from .errors import CalibrationError, ConversionError
 from .export.state_plan import plan_states
-from .runtime.monitor import reference_statistics
+from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
 from .network_file import save_network
 from .normalization import Normalization

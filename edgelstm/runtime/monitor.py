@@ -287,41 +287,18 @@ class DriftMonitor:
 
 
 def _int8_gatherer(arrays: list, streams: int):
-    """One call that returns every int8 state value as ``(streams, total)``: the state tensors
-    live in the interpreter's arena, so one fancy index over a byte view of it gathers them
-    all (instead of a numpy call per tensor)."""
-    import ctypes
+    """One call that returns every int8 state value as ``(streams, total)`` (see
+    :func:`~edgelstm.runtime.steppers.arena_view`), instead of a numpy call per tensor."""
+    from .steppers import arena_view
 
-    address = lambda a: a.__array_interface__["data"][0]  # noqa: E731
-    if any(a.dtype != np.int8 or not a.flags.c_contiguous for a in arrays):
-        return lambda: np.concatenate([a.astype(np.int8).reshape(streams, -1) for a in arrays], axis=1)
-    start = min(address(a) for a in arrays)
-    end = max(address(a) + a.nbytes for a in arrays)
-    arena = np.ctypeslib.as_array((ctypes.c_int8 * (end - start)).from_address(start))
-    index = np.concatenate([
-        (address(a) - start + np.arange(a.nbytes)).reshape(streams, -1) for a in arrays
-    ], axis=1).astype(np.intp)
+    found = arena_view(arrays, np.int8)
+    if found is None:
+        return lambda: np.concatenate([a.reshape(streams, -1) for a in arrays], axis=1)
+    arena, offsets = found
+    index = np.concatenate([o.reshape(streams, -1) for o in offsets], axis=1)
 
     def gather():
         return arena[index]
 
     gather.keep_alive = arrays
     return gather
-
-
-def reference_statistics(raw: np.ndarray, bins: int, int8_range) -> dict:
-    """What the converter stores: per-feature mean, std, quantile bin edges and shares, int8 range."""
-    raw = np.asarray(raw, np.float64)
-    quantiles = np.quantile(raw, np.linspace(0, 1, bins + 1)[1:-1], axis=0).T  # (features, bins - 1)
-    shares = []
-    for f in range(raw.shape[1]):
-        index = (raw[:, f][:, None] >= quantiles[f][None]).sum(-1)
-        shares.append(np.bincount(index, minlength=bins) / len(raw))
-    return {
-        "mean": raw.mean(0).tolist(),
-        "std": raw.std(0).tolist(),
-        "bin_edges": quantiles.tolist(),
-        "bin_shares": np.asarray(shares).tolist(),
-        "int8_range": [list(map(float, int8_range[0])), list(map(float, int8_range[1]))],
-        "bins": bins,
-    }

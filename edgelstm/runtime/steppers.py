@@ -36,39 +36,53 @@ except ImportError:  # numpy < 2
     from numpy.core.umath import clip as _clip
 
 
-def arena_copier(destinations: list, sources: list):
-    """One call that copies every ``sources[k]`` onto ``destinations[k]``.
+def arena_view(arrays: list, dtype=np.uint8):
+    """A view over the interpreter memory that holds ``arrays``, and each array's byte offsets in it.
 
-    The interpreter keeps all its tensors in one arena, so instead of one ``np.copyto`` per
-    state tensor (about 0.27 us each here) this indexes a byte view of the region that holds
-    them all: one fancy-indexed assignment (about 0.45 us for ten tensors). Falls back to
-    per-tensor copies when the tensors are not in one compact region.
+    The interpreter keeps its tensors in one arena, so a byte view over the span they cover
+    lets one fancy-indexed numpy call read or write all of them. Returns None when the
+    arrays are not C-contiguous or not in one compact region. The caller must keep the
+    arrays (and so the interpreter) alive while it uses the view.
     """
     import ctypes
 
-    pairs = list(zip(destinations, sources))
-    arrays = [a for pair in pairs for a in pair]
-    if not arrays:
-        return lambda: None
     address = lambda a: a.__array_interface__["data"][0]  # noqa: E731
+    if not arrays or not all(a.flags.c_contiguous for a in arrays):
+        return None
     start = min(address(a) for a in arrays)
     end = max(address(a) + a.nbytes for a in arrays)
-    if end - start > (1 << 24) or not all(a.flags.c_contiguous for a in arrays):
+    if end - start > (1 << 24):
+        return None
+    ctype = np.ctypeslib.as_ctypes_type(np.dtype(dtype))
+    view = np.ctypeslib.as_array((ctype * (end - start)).from_address(start))
+    offsets = [np.arange(a.nbytes, dtype=np.intp) + (address(a) - start) for a in arrays]
+    return view, offsets
+
+
+def arena_copier(destinations: list, sources: list):
+    """One call that copies every ``sources[k]`` onto ``destinations[k]``.
+
+    One ``np.copyto`` per state tensor costs about 0.27 us each here; one fancy-indexed
+    assignment over :func:`arena_view` costs about 0.45 us for ten tensors. Falls back to
+    per-tensor copies when the tensors are not in one compact region.
+    """
+    pairs = list(zip(destinations, sources))
+    found = arena_view([a for pair in pairs for a in pair])
+    if found is None:
 
         def copy_each():
             for dst, src in pairs:
                 np.copyto(dst, src)
 
         return copy_each
-    arena = np.ctypeslib.as_array((ctypes.c_uint8 * (end - start)).from_address(start))
-    dst_index = np.concatenate([np.arange(a.nbytes) + address(a) - start for a, _ in pairs]).astype(np.intp)
-    src_index = np.concatenate([np.arange(b.nbytes) + address(b) - start for _, b in pairs]).astype(np.intp)
-    keep_alive = arrays  # the views own references to the interpreter's buffers
+    arena, offsets = found
+    dst_index = np.concatenate(offsets[0::2])
+    src_index = np.concatenate(offsets[1::2])
 
     def copy_all():
         arena[dst_index] = arena[src_index]
 
-    copy_all.keep_alive = keep_alive
+    copy_all.keep_alive = pairs  # the views own references to the interpreter's buffers
     return copy_all
 
 
