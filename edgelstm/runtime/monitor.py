@@ -15,7 +15,7 @@ with them:
 
 Cost on the hot path is one row copy into a preallocated ring buffer per step; the
 statistics are computed every ``every`` steps over the whole ring (a few vectorised numpy
-calls), so nothing is allocated per step and memory is bounded by ``window``.
+calls), so the per-step part allocates nothing and memory is bounded by ``window``.
 
 Flags change with hysteresis and come out as events: ``drift`` / ``drift_clear``,
 ``saturation`` / ``saturation_clear`` (share above ``saturation``, clear below half of it),

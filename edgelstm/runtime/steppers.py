@@ -14,7 +14,8 @@ One class per engine, all with the same small interface:
 input and output buffers once, at load, so a step is: one fused normalise-and-quantize
 into the input buffer, ``Invoke``, a copy of each state output onto its state input (int8
 to int8: the converter gave both ends one scale and zero point), and one dequantize of
-``y`` into a preallocated buffer. Nothing is looked up by name and nothing is allocated.
+``y`` into a preallocated buffer. Nothing is looked up by name; the one allocation is the
+small temporary of the fancy-indexed state copy (a gather of the state bytes).
 """
 
 from __future__ import annotations
