@@ -10,21 +10,60 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BundleError
-from .network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
+from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
+                      Pooling1DLayer, RepeatVectorLayer)
+
+_ARRAYS = {
+    "lstm": ("kernel", "recurrent_kernel", "bias"),
+    "gru": ("kernel", "recurrent_kernel", "bias", "recurrent_bias"),
+    "dense": ("kernel", "bias"),
+    "conv1d": ("kernel", "bias"),
+    "embedding": ("table",),
+}
+
+
+def _save_layer(arrays: dict, prefix: str, layer) -> None:
+    if isinstance(layer, BidirectionalLayer):
+        _save_layer(arrays, f"{prefix}.forward", layer.forward)
+        _save_layer(arrays, f"{prefix}.backward", layer.backward)
+        return
+    for attr in _ARRAYS.get(layer.kind, ()):
+        arrays[f"{prefix}.{attr}"] = getattr(layer, attr)
 
 
 def save_network(network: Network, path) -> None:
     arrays = {}
     for index, layer in enumerate(network.layers):
-        if isinstance(layer, EmbeddingLayer):
-            arrays[f"{index}.table"] = layer.table
-            continue
-        arrays[f"{index}.kernel"] = layer.kernel
-        arrays[f"{index}.bias"] = layer.bias
-        if isinstance(layer, LSTMLayer):
-            arrays[f"{index}.recurrent_kernel"] = layer.recurrent_kernel
+        _save_layer(arrays, str(index), layer)
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def _load_layer(weights: dict, prefix: str, spec: dict):
+    kind = spec["kind"]
+    w = lambda attr: weights[f"{prefix}.{attr}"]  # noqa: E731
+    if kind == "lstm":
+        return LSTMLayer(spec["name"], w("kernel"), w("recurrent_kernel"), w("bias"), spec["activation"],
+                         spec["recurrent_activation"], spec["return_sequences"], spec.get("go_backwards", False))
+    if kind == "gru":
+        return GRULayer(spec["name"], w("kernel"), w("recurrent_kernel"), w("bias"), w("recurrent_bias"),
+                        spec["activation"], spec["recurrent_activation"], spec["return_sequences"],
+                        spec["reset_after"], spec.get("go_backwards", False))
+    if kind == "bidirectional":
+        return BidirectionalLayer(spec["name"], _load_layer(weights, f"{prefix}.forward", spec["forward"]),
+                                  _load_layer(weights, f"{prefix}.backward", spec["backward"]), spec["merge_mode"])
+    if kind == "embedding":
+        return EmbeddingLayer(spec["name"], w("table"))
+    if kind == "dense":
+        return DenseLayer(spec["name"], w("kernel"), w("bias"), spec["activation"])
+    if kind == "conv1d":
+        return Conv1DLayer(spec["name"], w("kernel"), w("bias"), spec["strides"], spec["padding"], spec["dilation"],
+                           spec["activation"])
+    if kind == "repeat_vector":
+        return RepeatVectorLayer(spec["name"], int(spec["times"]), int(spec["units"]))
+    if kind == "pooling1d":
+        return Pooling1DLayer(spec["name"], spec["mode"], int(spec["pool_size"]), int(spec["strides"]), int(spec["units"]))
+    raise BundleError(f"layer '{spec.get('name')}' has unknown kind {kind!r}")
 
 
 def load_network_file(path, description: dict) -> Network:
@@ -34,27 +73,11 @@ def load_network_file(path, description: dict) -> Network:
             weights = {key: arrays[key] for key in arrays.files}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: unreadable network weights ({exc})") from None
-    layers = []
     try:
-        for index, spec in enumerate(description["layers"]):
-            if spec["kind"] == "lstm":
-                layers.append(
-                    LSTMLayer(
-                        name=spec["name"],
-                        kernel=weights[f"{index}.kernel"],
-                        recurrent_kernel=weights[f"{index}.recurrent_kernel"],
-                        bias=weights[f"{index}.bias"],
-                        activation=spec["activation"],
-                        recurrent_activation=spec["recurrent_activation"],
-                        return_sequences=spec["return_sequences"],
-                    )
-                )
-            elif spec["kind"] == "embedding":
-                layers.append(EmbeddingLayer(spec["name"], weights[f"{index}.table"]))
-            elif spec["kind"] == "dense":
-                layers.append(DenseLayer(spec["name"], weights[f"{index}.kernel"], weights[f"{index}.bias"], spec["activation"]))
-            else:
-                raise BundleError(f"{path}: layer {index} has unknown kind {spec['kind']!r}")
+        layers = [_load_layer(weights, str(index), spec) for index, spec in enumerate(description["layers"])]
     except KeyError as exc:
         raise BundleError(f"{path}: weights or description incomplete ({exc} missing)") from None
-    return Network(int(description["n_features"]), layers, source_format="bundle").validate()
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    return Network(int(description["n_features"]), layers, source_format="bundle",
+                   window=description.get("window")).validate()

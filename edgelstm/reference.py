@@ -1,8 +1,10 @@
 """The numpy reference: the one oracle every export is tested against.
 
-It computes, in float32 exactly as Keras does, one timestep of a :class:`Network`
+It computes, in float32 exactly as Keras does, one timestep of a step :class:`Network`
 (:meth:`Reference.step`) or a whole batch of sequences (:meth:`Reference.predict`, which
-returns what the source model's ``predict`` returns). It imports nothing but numpy, so the
+returns what the source model's ``predict`` returns). Window networks (Bidirectional,
+RepeatVector, Conv1D, ``go_backwards``) have no step; :func:`forward_sequence` evaluates
+any network layer by layer over whole sequences, as the source framework does. It imports nothing but numpy, so the
 runtime can use it as its slowest, always-available backend.
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
+from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
+                      Pooling1DLayer, RepeatVectorLayer)
 
 
 class Reference:
@@ -32,13 +35,17 @@ class Reference:
         else:
             value = np.asarray(x, dtype=np.float32)
         new_state = []
-        lstm_index = 0
+        position = 0
         for layer in self._layers:
             if isinstance(layer, LSTMLayer):
-                h, c = state[2 * lstm_index], state[2 * lstm_index + 1]
+                h, c = state[position], state[position + 1]
                 value, c = _lstm_cell(layer, value, h, c)
                 new_state += [value, c]
-                lstm_index += 1
+                position += 2
+            elif isinstance(layer, GRULayer):
+                value = _gru_cell(layer, value, state[position])
+                new_state.append(value)
+                position += 1
             elif isinstance(layer, DenseLayer):
                 value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
             elif isinstance(layer, EmbeddingLayer):
@@ -85,6 +92,8 @@ class Reference:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """What the source model's ``predict`` returns for ``(batch, T, n_features)``."""
+        if self.network.mode == "window":
+            return forward_sequence(self.network, batch)
         # token models: (batch, T) ids become (batch, T, 1)
         outputs, _ = self.run(np.asarray(batch, np.float32).reshape(len(batch), -1, self.network.n_features))
         return outputs if self.network.output_mode == "sequence" else outputs[:, -1]
@@ -98,3 +107,96 @@ def _lstm_cell(layer: LSTMLayer, x: np.ndarray, h: np.ndarray, c: np.ndarray) ->
     c_new = (gate(f) * c + gate(i) * act(g)).astype(np.float32)
     h_new = (gate(o) * act(c_new)).astype(np.float32)
     return h_new, c_new
+
+
+def _gru_cell(layer: GRULayer, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    gate = activations.FUNCTIONS[layer.recurrent_activation]
+    act = activations.FUNCTIONS[layer.activation]
+    units = layer.units
+    from_input = x @ layer.kernel + layer.bias
+    if layer.reset_after:
+        from_state = h @ layer.recurrent_kernel + layer.recurrent_bias
+        z = gate(from_input[:, :units] + from_state[:, :units])
+        r = gate(from_input[:, units : 2 * units] + from_state[:, units : 2 * units])
+        candidate = act(from_input[:, 2 * units :] + r * from_state[:, 2 * units :])
+    else:
+        from_state = h @ layer.recurrent_kernel[:, : 2 * units]
+        z = gate(from_input[:, :units] + from_state[:, :units])
+        r = gate(from_input[:, units : 2 * units] + from_state[:, units:])
+        candidate = act(from_input[:, 2 * units :] + (r * h) @ layer.recurrent_kernel[:, 2 * units :])
+    return (z * h + (1.0 - z) * candidate).astype(np.float32)
+
+
+def run_recurrent(layer, sequence: np.ndarray) -> np.ndarray:
+    """Run one LSTM or GRU over ``(batch, T, F)`` from a zero state; returns ``(batch, T, units)``
+    in the order the layer produced them (reversed input order for ``go_backwards``), or the
+    last output ``(batch, units)`` when it does not return sequences."""
+    batch, steps = sequence.shape[0], sequence.shape[1]
+    h = np.zeros((batch, layer.units), np.float32)
+    c = np.zeros((batch, layer.units), np.float32)
+    outputs = np.empty((batch, steps, layer.units), np.float32)
+    order = range(steps - 1, -1, -1) if layer.go_backwards else range(steps)
+    for k, t in enumerate(order):
+        if isinstance(layer, LSTMLayer):
+            h, c = _lstm_cell(layer, sequence[:, t], h, c)
+        else:
+            h = _gru_cell(layer, sequence[:, t], h)
+        outputs[:, k] = h
+    return outputs if layer.return_sequences else h
+
+
+def _merge(mode: str, forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    if mode == "concat":
+        return np.concatenate([forward, backward], axis=-1)
+    if mode == "sum":
+        return forward + backward
+    if mode == "mul":
+        return forward * backward
+    return (forward + backward) / 2.0  # ave
+
+
+def conv1d(layer: Conv1DLayer, sequence: np.ndarray) -> np.ndarray:
+    """``(batch, T, F) -> (batch, T', filters)``, as Keras' Conv1D."""
+    before, after = layer.pads()
+    padded = np.pad(sequence, ((0, 0), (before, after), (0, 0)))
+    steps = layer.output_length(sequence.shape[1])
+    out = np.zeros((sequence.shape[0], steps, layer.output_size), np.float32)
+    for j in range(layer.kernel_size):
+        start = j * layer.dilation
+        rows = padded[:, start : start + (steps - 1) * layer.strides + 1 : layer.strides]
+        out += rows @ layer.kernel[j]
+    return activations.apply(layer.activation, out + layer.bias).astype(np.float32)
+
+
+def pool1d(layer: Pooling1DLayer, sequence: np.ndarray) -> np.ndarray:
+    steps = layer.output_length(sequence.shape[1])
+    windows = np.stack([sequence[:, t * layer.strides : t * layer.strides + layer.pool_size] for t in range(steps)], axis=1)
+    return (windows.max(axis=2) if layer.mode == "max" else windows.mean(axis=2)).astype(np.float32)
+
+
+def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
+    """What the source model's ``predict`` returns for ``(batch, T, n_features)`` (token models:
+    ``(batch, T)`` ids), computed layer by layer over whole sequences. Works for every network."""
+    value = np.asarray(batch)
+    for layer in network.layers:
+        if isinstance(layer, EmbeddingLayer):
+            value = layer.table[value.reshape(value.shape[0], -1).astype(np.int64)]
+            continue
+        value = value.astype(np.float32, copy=False)
+        if isinstance(layer, (LSTMLayer, GRULayer)):
+            value = run_recurrent(layer, value)
+        elif isinstance(layer, BidirectionalLayer):
+            forward = run_recurrent(layer.forward, value)
+            backward = run_recurrent(layer.backward, value)
+            if layer.return_sequences:
+                backward = backward[:, ::-1]
+            value = _merge(layer.merge_mode, forward, backward)
+        elif isinstance(layer, RepeatVectorLayer):
+            value = np.repeat(value[:, None, :], layer.times, axis=1)
+        elif isinstance(layer, Conv1DLayer):
+            value = conv1d(layer, value)
+        elif isinstance(layer, Pooling1DLayer):
+            value = pool1d(layer, value)
+        elif isinstance(layer, DenseLayer):
+            value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
+    return np.asarray(value, np.float32)
