@@ -21,7 +21,7 @@ def _csv_list(text: str) -> list:
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a trained LSTM model into a bundle of int8 step models")
-    p.add_argument("model", type=Path, help="Keras 3 .keras archive or Keras 2 HDF5 file")
+    p.add_argument("model", type=Path, help="Keras 3 .keras archive, Keras 2 HDF5 file or ONNX file (torch.onnx export)")
     p.add_argument("--calibration", required=True, type=Path, help=".npy/.npz/.csv/C-MAPSS .txt or a recipe .json")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     p.add_argument("--target", default="x86_64", help="device profile from targets/ (default x86_64)")
@@ -36,7 +36,11 @@ def _add_convert(sub) -> None:
     p.add_argument("--max-samples", type=int, default=20_000, help="representative steps for the TFLite quantizer (default 20000)")
     p.add_argument("--onnx-samples", type=int, default=2_000, help="representative steps for onnxruntime's quantizer (default 2000; it holds all in memory)")
     p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
-    p.add_argument("--window", type=int, help="the model was trained on fixed windows of N steps: the runtime will run window mode")
+    p.add_argument("--window", type=int, help="window length: of a window model (Bidirectional, autoencoder, Conv1D, "
+                   "go_backwards) whose input shape does not fix it; or of a step model trained on fixed windows "
+                   "(the runtime then runs it over the last N readings)")
+    p.add_argument("--window-samples", type=int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
+    p.add_argument("--eval-windows", type=int, default=1_000, help="window models: held-out windows the report measures (default 1000)")
     p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -67,6 +71,8 @@ def _run_convert(args) -> int:
         long_steps=args.long_steps,
         cell_groups=args.cell_groups,
         window=args.window,
+        window_samples=args.window_samples,
+        eval_windows=args.eval_windows,
         progress=not (args.quiet or args.json),
     )
     manifest = convert(options)
@@ -96,18 +102,32 @@ def _run_convert(args) -> int:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="describe a model file, a .tflite/.onnx file or a bundle")
+    p = sub.add_parser(
+        "inspect", help="describe a model file, a .tflite/.onnx file or a bundle",
+        description="Describe a model file, a .tflite/.onnx file or a bundle. With a Coral target (--target coral-usb "
+                    "or coral-devboard) check every op and tensor of the int8 TFLite model (a bundle's int8-in/int8-out "
+                    "model) against the Edge TPU's rules: which ops map to the Edge TPU, where the compiler would stop "
+                    "mapping and which ops would run on the CPU, and print the edgetpu_compiler and bundle-add commands. "
+                    "Exits 0 whatever the verdict (2 on an error of inspect itself); --strict exits 1 unless the whole "
+                    "model maps to the Edge TPU without errors.")
     p.add_argument("path", type=Path)
     p.add_argument("--target", help="check against a target profile (e.g. coral-usb)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true",
+                   help="with a Coral target: exit 1 unless every op maps to the Edge TPU and nothing is an error")
+    p.add_argument("--json", action="store_true", help="print everything (including the per-op Edge TPU mapping) as JSON")
     p.set_defaults(handler=_run_inspect)
 
 
 def _run_inspect(args) -> int:
+    from .errors import TargetError
     from .inspect import inspect_path, format_inspection
 
     result = inspect_path(args.path, target=args.target)
+    if args.strict and "edgetpu" not in result:
+        raise TargetError("--strict checks Edge TPU compatibility: give a Coral target, e.g. --target coral-usb")
     print(json.dumps(result, indent=2) if args.json else format_inspection(result))
+    if args.strict and not result["edgetpu"]["compatible"]:
+        return 1
     return 0
 
 

@@ -29,7 +29,7 @@ from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atom
 from .calibrate import record
 from .calibration import load_calibration
 from .errors import CalibrationError, ConversionError
-from .export.state_plan import plan_states
+from .export.state_plan import StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
 from .network_file import save_network
@@ -52,9 +52,12 @@ class ConvertOptions:
     eval_data: Path | None = None
     holdout: float = 0.2
     max_samples: int = 20_000  # representative steps for the TFLite quantizer
+    window_samples: int = 1_000  # representative windows for window models (each is a whole unrolled graph run)
+    eval_windows: int = 1_000  # held-out windows the report of a window model is measured on
     onnx_samples: int = 2_000  # onnxruntime's calibrator keeps every intermediate tensor of every sample in memory
     long_steps: int = fidelity.LONG_STREAM_STEPS
-    window: int | None = None  # the model was trained on windows of this many steps: the runtime runs window mode
+    window: int | None = None  # window length: of a window model (when its file does not fix it), or of a step
+    # model trained on windows (the runtime then reruns it over the last N readings)
     drift_bins: int = 10  # quantile bins of the drift reference per feature
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     seed: int = 0
@@ -97,12 +100,12 @@ def _tool_versions() -> dict:
     return versions
 
 
-def _tflite_tensors(path) -> tuple:
+def _tflite_tensors(path, model_class=None) -> tuple:
     """Tensor details (by signature name) and op names of a TFLite model, as the runtime sees them."""
     from .inspect import tensor_summary
     from .runtime.steppers import TFLiteStepper
 
-    stepper = TFLiteStepper(path)
+    stepper = (model_class or TFLiteStepper)(path)
     tensors = {}
     for details in (stepper.inputs, stepper.outputs):
         for name, d in details.items():
@@ -136,8 +139,9 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     target = load_target(options.target)
     formats = options.formats or target.formats
     quants = options.quant or target.quant
-    network = load_network(options.model)
+    network = load_network(options.model, window=options.window)
     source_format = sniff_format(options.model)
+    window_model = network.mode == "window"
 
     token = network.input_kind == "token"
     calibration = load_calibration(options.calibration, features=options.features, group=options.group, tokens=token)
@@ -166,15 +170,28 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         normalization = Normalization.fit(kind, np.concatenate(calibration_part.sequences))
     calib_sequences = [normalization.apply(s) for s in calibration_part.sequences]
 
-    with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
-        recording = record(network, calib_sequences, progress=bar)
-    plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
-    state_ranges = plan.tensor_ranges(recording.unit_ranges)
-    samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
-    onnx_samples = [plan.feed(sample) for sample in recording.samples(options.onnx_samples, seed=options.seed)]
-    if token:  # the step models take integer ids: int32 for TFLite, int64 for ONNX
-        samples = [dict(s, x=s["x"].astype(np.int32)) for s in samples]
-        onnx_samples = [dict(s, x=s["x"].astype(np.int64)) for s in onnx_samples]
+    if window_model:  # no state: the quantizers see whole windows of the calibration data
+        plan, state_ranges = StatePlan([]), {}
+        try:
+            windows = fidelity.windows_of(calib_sequences, network.window, options.window_samples, options.seed)
+        except ValueError as exc:
+            raise CalibrationError(f"{calibration.source}: {exc}") from None
+        calibration_steps = int(sum(len(s) for s in calib_sequences))
+        if token:
+            windows = windows.reshape(len(windows), network.window)
+        samples = [{"x": w[None].astype(np.int32) if token else w[None]} for w in windows]
+        onnx_samples = [{"x": w[None].astype(np.int64) if token else w[None]} for w in windows[: options.onnx_samples // 4]]
+    else:
+        with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
+            recording = record(network, calib_sequences, progress=bar)
+        calibration_steps = recording.n_steps
+        plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
+        state_ranges = plan.tensor_ranges(recording.unit_ranges)
+        samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
+        onnx_samples = [plan.feed(sample) for sample in recording.samples(options.onnx_samples, seed=options.seed)]
+        if token:  # the step models take integer ids: int32 for TFLite, int64 for ONNX
+            samples = [dict(s, x=s["x"].astype(np.int32)) for s in samples]
+            onnx_samples = [dict(s, x=s["x"].astype(np.int64)) for s in onnx_samples]
 
     if out.exists():
         shutil.rmtree(out)
@@ -204,9 +221,16 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             steppers[f"{fmt} {quant}" + (" stream" if io == "stream" else "")] = stepper
 
     with _progress(len(steppers), "fidelity", options.progress) as bar:
-        report, traces = fidelity.build_report(
-            network, steppers, held_out.sequences, normalization, long_steps=options.long_steps, progress=bar
-        )
+        if window_model:
+            try:
+                held_windows = fidelity.windows_of(held_out.sequences, network.window, options.eval_windows, options.seed)
+            except ValueError as exc:
+                raise CalibrationError(f"held-out data: {exc}") from None
+            report, traces = fidelity.build_window_report(network, steppers, held_windows, normalization, progress=bar)
+        else:
+            report, traces = fidelity.build_report(
+                network, steppers, held_out.sequences, normalization, long_steps=options.long_steps, progress=bar
+            )
     report["skipped"] = skipped
     files = []
     write_json_atomic(out / "report.json", report)
@@ -217,7 +241,8 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     save_network(network, out / "network.npz")
     files.append({"file": "network.npz", "sha256": sha256_of(out / "network.npz")})
     source_sha = sha256_of(options.model)
-    identity = {"models": [m["sha256"] for m in models], "network": network.describe(), "window": options.window,
+    window = network.window if window_model else options.window
+    identity = {"models": [m["sha256"] for m in models], "network": network.describe(), "window": window,
                 "normalization": normalization.to_json(), "plan": plan.describe()}
     bundle_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     raw_all = np.concatenate(calibration_part.sequences).astype(np.float64)
@@ -248,10 +273,10 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             },
             **({"reference": reference} if reference else {}),
         },
-        "outputs": [{"name": "y", "size": network.output_size, "mode": network.output_mode}],
-        "window": options.window,
+        "outputs": _outputs(network),
+        "window": window,
         "state": [
-            dict(entry, layer=network.lstm_layers[int(entry["name"].split("_")[1])].name,
+            dict(entry, layer=network.recurrent_layers[int(entry["name"].split("_")[1])].name,
                  range=list(state_ranges[entry["name"]]))
             for entry in plan.describe()
         ],
@@ -262,7 +287,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         "conversion": {
             "calibration": str(calibration.source),
             "calibration_sequences": len(calibration_part.sequences),
-            "calibration_steps": recording.n_steps,
+            "calibration_steps": calibration_steps,
             "representative_samples": {"tflite": len(samples), "onnx": len(onnx_samples)},
             "held_out_sequences": len(held_out.sequences),
             "holdout": None if options.eval_data else options.holdout,
@@ -270,6 +295,9 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         },
         "tool_versions": _tool_versions(),
     }
+    for entry in models:  # commands name the bundle where it will be, not the staging directory
+        if "edgetpu" in entry:
+            entry["edgetpu"].update(edgetpu.commands(final / entry["file"], bundle=final))
     manifest.update(options.extra_manifest)
     write_json_atomic(out / MANIFEST, manifest)
     if final.exists():
@@ -282,6 +310,28 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     else:
         out.rename(final)
     return manifest
+
+
+#: What the manifest keeps of the Edge TPU check (``edgelstm inspect --target coral-usb`` shows it op by op).
+_EDGETPU_KEYS = ("compatible", "verdict", "errors", "warnings", "problems", "notes", "offending_ops", "cpu_ops",
+                 "first_unmapped", "parameter_bytes")
+
+
+def _edgetpu_summary(path: Path) -> dict:
+    result = edgetpu.check_file(path)
+    return {key: result[key] for key in _EDGETPU_KEYS if key in result}
+
+
+def _outputs(network) -> list:
+    """What ``step()`` returns per stream. A window model's sequence output is reduced to its
+    last timestep, an autoencoder's reconstruction to its error (the anomaly score)."""
+    if network.is_autoencoder:
+        return [{"name": "anomaly_score", "size": 1, "mode": "reconstruction_error",
+                 "reconstruction": [network.output_length(), network.output_size]}]
+    mode = network.output_mode
+    if network.mode == "window" and mode == "sequence":
+        mode = "last_of_window"
+    return [{"name": "y", "size": network.output_size, "mode": mode}]
 
 
 def _int8_input_range(models: list, normalization, raw_all) -> tuple:
@@ -308,6 +358,8 @@ def _default_model(models: list, target) -> str | None:
 
 
 def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalization, out: Path, scratch: Path, target):
+    if network.mode == "window":
+        return _export_window(network, fmt, quant, io, samples, out, scratch, target)
     from .export import onnx_step, tflite_step
     from .runtime.steppers import OnnxStepper
 
@@ -324,8 +376,7 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
         tensors, ops, all_tensors, stepper = _tflite_tensors(path)
         entry = _entry(path, fmt, quant, io, "normalized", target.batch, tensors, ops)
         if quant == "int8" and io == "quantized":
-            entry["edgetpu"] = edgetpu.check(ops, all_tensors, path.stat().st_size)
-            entry["edgetpu"]["compiler_command"] = edgetpu.compiler_command(path)
+            entry["edgetpu"] = _edgetpu_summary(path)
         return entry, stepper
     if fmt == "onnx":
         import onnx
@@ -343,6 +394,41 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
             raise ConversionError(f"ONNX export supports float32 and int8, not {quant}")
         ops = onnx_step.list_ops(onnx.load(str(path)))
         return _entry(path, fmt, quant, "float", "normalized", "any", {}, ops), OnnxStepper(path)
+    raise ConversionError(f"unknown format '{fmt}'; choose tflite or onnx")
+
+
+def _export_window(network, fmt, quant, io, samples, out: Path, scratch: Path, target):
+    """One window-model export (see :mod:`edgelstm.export.window_graph`)."""
+    from .export import onnx_step, onnx_window, tflite_window
+    from .runtime.window_models import OnnxWindowModel, TFLiteWindowModel
+
+    if fmt == "tflite":
+        path = out / (f"window_{quant}_stream.tflite" if io == "stream" else f"window_{quant}.tflite")
+        representative = lambda: iter(samples)  # noqa: E731
+        with quiet_native_output():
+            model = tflite_window.convert(network, quant, representative=representative, batch=target.batch, io=io)
+        path.write_bytes(model)
+        tensors, ops, all_tensors, stepper = _tflite_tensors(path, TFLiteWindowModel)
+        entry = _entry(path, fmt, quant, io, "normalized", target.batch, tensors, ops)
+        if quant == "int8" and io == "quantized":
+            entry["edgetpu"] = _edgetpu_summary(path)
+        return entry, stepper
+    if fmt == "onnx":
+        import onnx
+
+        float_model = onnx_window.build_float_model(network)
+        float_path = out / "window_float32.onnx" if quant == "float32" else scratch / "window_float32.onnx"
+        onnx.save(float_model, str(float_path))
+        if quant == "float32":
+            path = float_path
+        elif quant == "int8":
+            path = out / "window_int8.onnx"
+            with quiet_native_output():
+                onnx_step.quantize_int8(float_path, path, samples, {}, StatePlan([]))
+        else:
+            raise ConversionError(f"ONNX export supports float32 and int8, not {quant}")
+        ops = onnx_step.list_ops(onnx.load(str(path)))
+        return _entry(path, fmt, quant, "float", "normalized", "any", {}, ops), OnnxWindowModel(path)
     raise ConversionError(f"unknown format '{fmt}'; choose tflite or onnx")
 
 

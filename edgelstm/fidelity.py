@@ -93,18 +93,24 @@ def build_report(network, steppers: dict, held_out: list, normalization, long_st
 def format_table(report: dict) -> str:
     """A readable table of the report for the terminal."""
     header = f"{'model':<22}{'max abs':>11}{'mean abs':>11}{'RMSE':>11}{'RMSE/std':>10}{'drift':>8}"
+    held = report["held_out"]
     lines = [
-        f"Fidelity vs float reference: {report['held_out']['sequences']} held-out sequences, "
-        f"{report['held_out']['steps']} steps; long stream {report['long_stream']['steps']} steps",
+        f"Fidelity vs float reference: {held['sequences']} held-out sequences, {held['steps']} steps; "
+        f"long stream {report['long_stream']['steps']} steps" if "long_stream" in report else
+        f"Fidelity vs float reference: {held['windows']} held-out windows of {held['window']} steps",
         header,
         "-" * len(header),
     ]
     for name, m in report["models"].items():
         lines.append(
             f"{name:<22}{m['max_abs_error']:>11.4g}{m['mean_abs_error']:>11.4g}{m['rmse']:>11.4g}"
-            f"{100 * m['relative_rmse']:>9.2f}%{m['long_stream_drift']:>8.2f}"
+            f"{100 * m['relative_rmse']:>9.2f}%" + (f"{m['long_stream_drift']:>8.2f}" if "long_stream_drift" in m else f"{'-':>8}")
         )
-    lines.append("drift = RMSE of the last long-stream block / RMSE of the first (1.0 = flat)")
+        if "anomaly_score" in m:
+            lines.append(f"{'  anomaly score':<22}{m['anomaly_score']['max_abs_error']:>11.4g}"
+                         f"{m['anomaly_score']['mean_abs_error']:>11.4g}{m['anomaly_score']['rmse']:>11.4g}"
+                         f"{100 * m['anomaly_score']['relative_rmse']:>9.2f}%")
+    lines.append("drift = RMSE of the last long-stream block / RMSE of the first (1.0 = flat; - for window models)")
     return "\n".join(lines)
 
 
@@ -117,6 +123,17 @@ def plot(report: dict, traces: dict, path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    if "long_stream" not in report:  # window models: output 0 per held-out window
+        figure, top = plt.subplots(1, 1, figsize=(9, 4))
+        for name, trace in traces.items():
+            top.plot(trace[:, 0], label=name, linewidth=2.0 if name == "float" else 1.0)
+        top.set_title("Output 0 on held-out windows")
+        top.set_xlabel("window")
+        top.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return True
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
     for name, trace in traces.items():
         top.plot(trace[:, 0], label=name, linewidth=2.0 if name == "float" else 1.0)
@@ -133,3 +150,46 @@ def plot(report: dict, traces: dict, path) -> bool:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def windows_of(sequences: list, length: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Every window of ``length`` consecutive steps in ``sequences`` (at most ``limit``,
+    drawn at random, seeded): ``(count, length, features)``."""
+    starts = [(k, t) for k, s in enumerate(sequences) for t in range(len(s) - length + 1)]
+    if not starts:
+        raise ValueError(f"no sequence has {length} steps, the window length")
+    if len(starts) > limit:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(starts), size=limit, replace=False))
+        starts = [starts[i] for i in chosen]
+    return np.stack([sequences[k][t : t + length] for k, t in starts]).astype(np.float32)
+
+
+def reconstruction_error(outputs: np.ndarray, normalized_windows: np.ndarray) -> np.ndarray:
+    """An autoencoder's anomaly score per window: mean squared error of the reconstruction
+    (in normalised units, over every step and feature of the window)."""
+    diff = np.asarray(outputs, np.float64) - np.asarray(normalized_windows, np.float64)
+    return np.mean(diff.reshape(len(diff), -1) ** 2, axis=1)
+
+
+def build_window_report(network, models: dict, held_out_windows: np.ndarray, normalization, progress=None) -> tuple:
+    """Compare window models (name -> model taking raw windows) with the reference on
+    held-out windows. Autoencoders also get the error of their anomaly score."""
+    from .reference import forward_sequence
+
+    token = network.input_kind == "token"
+    normalized = held_out_windows if token else normalization.apply(held_out_windows)
+    windows_in = normalized.reshape(len(normalized), network.window).astype(np.int64) if token else normalized
+    reference = np.concatenate([forward_sequence(network, windows_in[i : i + 256]) for i in range(0, len(windows_in), 256)])
+    report = {"held_out": {"windows": int(len(held_out_windows)), "window": int(network.window)}, "models": {}}
+    traces = {"float": reference.reshape(len(reference), -1)[:200]}
+    reference_score = reconstruction_error(reference, normalized) if network.is_autoencoder else None
+    for name, model in models.items():
+        outputs = np.stack([np.array(model.run(held_out_windows[i : i + 1])[0]) for i in range(len(held_out_windows))])
+        metrics = error_metrics(reference, outputs)
+        if reference_score is not None:
+            metrics["anomaly_score"] = error_metrics(reference_score, reconstruction_error(outputs, normalized))
+        report["models"][name] = metrics
+        traces[name] = outputs.reshape(len(outputs), -1)[:200]
+        if progress is not None:
+            progress.update(1)
+    return report, traces

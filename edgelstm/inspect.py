@@ -39,14 +39,38 @@ def inspect_path(path, target: str | None = None) -> dict:
 
 
 def _edgetpu_for(path: Path, result: dict) -> dict:
+    """The Edge TPU check of a file, or of a bundle's full-integer int8 TFLite model (int8
+    inputs and outputs: what edgetpu_compiler takes), with the commands to compile it and
+    to register the compiled model in the bundle."""
     if result["kind"] == "bundle":
         entries = [m for m in result["models"] if m["format"] == "tflite" and m["quant"] == "int8"]
+        entries.sort(key=lambda m: {"quantized": 0, "stream": 1}.get(m.get("io", "quantized"), 2))
         if not entries:
-            return {"compatible": False, "problems": ["bundle has no int8 TFLite model"], "offending_ops": [], "notes": []}
-        return _inspect_tflite(path / entries[0]["file"])["edgetpu"]
+            have = ", ".join(f"{m['format']} {m['quant']}" for m in result["models"])
+            message = f"bundle has no int8 TFLite model (it has {have}); convert with --quant int8 (e.g. --target coral-usb)"
+            return {"compatible": False, "verdict": "will not run on the Edge TPU", "errors": [message], "warnings": [],
+                    "problems": [message], "offending_ops": [], "notes": [], "ops": [], "cpu_ops": [], "first_unmapped": None}
+        entry = entries[0]
+        check = edgetpu.check_file(path / entry["file"])
+        check.update(edgetpu.commands(path / entry["file"], bundle=path, compiled=check["compiled"]))
+        check["checked_file"] = entry["file"]
+        check["checked_io"] = entry.get("io", "quantized")
+        if check["checked_io"] != "quantized":
+            check["notes"].insert(0, f"{entry['file']} has float x and y; the bundle has no int8-in/int8-out model, which "
+                                     "is what the Edge TPU should get (convert again with this edgelstm)")
+        compiled = edgetpu.compiled_name(entry["file"])
+        listed = {f["file"] for f in Bundle.open(path, verify=False).manifest.get("files", [])}
+        check["compiled_model"] = {"file": compiled, "present": (path / compiled).exists(), "registered": compiled in listed}
+        return check
     if result["kind"] == "tflite":
-        return result["edgetpu"]
-    return {"compatible": False, "problems": [f"{result['kind']} files do not run on the Edge TPU; convert to int8 TFLite"], "offending_ops": [], "notes": []}
+        check = edgetpu.check_file(path)
+        bundle = path.parent if (path.parent / "manifest.json").exists() else None
+        check.update(edgetpu.commands(path, bundle=bundle, compiled=check["compiled"]))
+        check["checked_file"] = path.name
+        return check
+    message = f"{result['kind']} files do not run on the Edge TPU; convert to int8 TFLite"
+    return {"compatible": False, "verdict": "will not run on the Edge TPU", "errors": [message], "warnings": [],
+            "problems": [message], "offending_ops": [], "notes": [], "ops": [], "cpu_ops": [], "first_unmapped": None}
 
 
 def _inspect_bundle(path: Path) -> dict:
@@ -61,7 +85,7 @@ def _inspect_bundle(path: Path) -> dict:
         "input": {"features": m["input"].get("features"), "normalization": m["input"]["normalization"]["kind"]},
         "state": m["state"],
         "models": [
-            {k: v for k, v in entry.items() if k in ("file", "format", "quant", "bytes", "ops", "tensors", "edgetpu")}
+            _model_summary(path, entry)
             for entry in m["models"]
         ],
         "default_model": m.get("default_model"),
@@ -69,9 +93,17 @@ def _inspect_bundle(path: Path) -> dict:
     }
 
 
+def _model_summary(path: Path, entry: dict) -> dict:
+    summary = {k: v for k, v in entry.items() if k in ("file", "format", "quant", "io", "bytes", "ops", "tensors", "edgetpu")}
+    if "edgetpu" in summary:  # the converter wrote it from its staging directory: name the file where it is now
+        summary["edgetpu"] = dict(summary["edgetpu"], compiler_command=edgetpu.compiler_command(path / entry["file"]))
+    return summary
+
+
 def tensor_summary(stepper) -> list:
-    """Every tensor of a loaded TFLite model: name, dtype, shape, and whether it is a constant
-    (an op input that no op produces and that is not a model input: weights and biases)."""
+    """Every tensor of a loaded TFLite model: name, dtype, shape (and its signature: -1 for a
+    dynamic size), and whether it is a constant (an op input that no op produces and that
+    is not a model input: weights and biases)."""
     ops = stepper.interpreter._get_ops_details()
     produced = {int(i) for op in ops for i in op["outputs"]}
     graph_inputs = {int(d["index"]) for d in stepper.inputs.values()}
@@ -81,6 +113,7 @@ def tensor_summary(stepper) -> list:
             "name": d["name"],
             "dtype": np.dtype(d["dtype"]).name,
             "shape": [int(v) for v in d["shape"]],
+            "shape_signature": [int(v) for v in d.get("shape_signature", d["shape"])],
             "is_constant": int(d["index"]) in constants,
         }
         for d in stepper.interpreter.get_tensor_details()
@@ -88,30 +121,36 @@ def tensor_summary(stepper) -> list:
 
 
 def _inspect_tflite(path: Path) -> dict:
-    from .runtime.steppers import TFLiteStepper
+    """Any TFLite file, read from its flatbuffer (no interpreter: a compiled *_edgetpu.tflite
+    with its custom op is described too). Inputs and outputs by signature name."""
+    model = edgetpu.read_tflite(path)
+    tensors = model["tensors"]
 
-    try:
-        stepper = TFLiteStepper(path)
-    except (ValueError, RuntimeError) as exc:
-        raise ModelFormatError(f"{path}: not a loadable TFLite step model ({str(exc).splitlines()[0]})") from None
-    tensors = tensor_summary(stepper)
+    def describe(kind):
+        named = model["signature"][kind] or {tensors[i]["name"]: i for i in model[kind]}
+        out = {}
+        for name, index in named.items():
+            t = tensors[index]
+            q = t.get("quantization")
+            out[name] = {"dtype": t["dtype"], "shape": t["shape"],
+                         "quantization": [q["scale"][0], q["zero_point"][0]] if q else [0.0, 0]}
+            if t["shape_signature"] != t["shape"]:
+                out[name]["shape_signature"] = t["shape_signature"]
+        return out
 
-    def describe(details):
-        return {
-            name: {"dtype": np.dtype(d["dtype"]).name, "shape": [int(v) for v in d["shape"]], "quantization": list(d["quantization"])}
-            for name, d in details.items()
-        }
-
-    check = edgetpu.check(stepper.ops(), tensors, path.stat().st_size)
-    check["compiler_command"] = edgetpu.compiler_command(path)
+    names = []
+    for op in model["ops"]:
+        name = op["op"] if op["op"] != "CUSTOM" else f"CUSTOM({op['custom_code']})"
+        if name not in names:
+            names.append(name)
     return {
         "kind": "tflite",
         "path": str(path),
-        "bytes": path.stat().st_size,
-        "ops": stepper.ops(),
-        "inputs": describe(stepper.inputs),
-        "outputs": describe(stepper.outputs),
-        "edgetpu": check,
+        "bytes": model["bytes"],
+        "ops": names,
+        "op_count": len(model["ops"]),
+        "inputs": describe("inputs"),
+        "outputs": describe("outputs"),
     }
 
 
@@ -168,12 +207,49 @@ def format_inspection(result: dict) -> str:
             for name, d in result[direction].items():
                 lines.append(f"  {direction[:-1]:<7}{name:<12}{d.get('dtype', ''):<8}{d['shape']}  {d.get('quantization', '')}")
     if "edgetpu" in result:
-        e = result["edgetpu"]
-        lines.append(f"  Edge TPU ({result.get('target', 'coral')}): {'compatible' if e['compatible'] else 'NOT compatible'}")
-        for problem in e["problems"]:
-            lines.append(f"    - {problem}")
-        for note in e.get("notes", []):
-            lines.append(f"    note: {note}")
-        if e.get("compiler_command"):
-            lines.append(f"    compile where edgetpu_compiler is installed: {e['compiler_command']}")
+        lines += format_edgetpu(result["edgetpu"], result.get("target") or "coral")
     return "\n".join(lines)
+
+
+def format_edgetpu(e: dict, target: str) -> list:
+    """The Edge TPU section of ``inspect --target coral-*``: verdict, every op (Edge TPU or
+    CPU, and why), tensor findings, errors, warnings, notes, and the commands to run."""
+    checked = f" [{e['checked_file']}" + (f", io {e['checked_io']}" if e.get("checked_io") else "") + "]" if e.get("checked_file") else ""
+    lines = [f"  Edge TPU ({target}): {'compatible' if e['compatible'] else 'NOT compatible'}: {e.get('verdict', '')}{checked}"]
+    ops = e.get("ops") or []
+    if ops:
+        lines.append(f"    {'op':>5}  {'type':<28}{'runs on':<10}why")
+        for row in ops:
+            where = "Edge TPU" if row["mapped"] else "CPU"
+            lines.append(f"    {'#' + str(row['index']):>5}  {row['op']:<28}{where:<10}{'; '.join(row['reasons'])}".rstrip())
+        lines.append(f"    {e['mapped_ops']} of {len(ops)} ops on the Edge TPU, {len(e['cpu_ops'])} on the CPU"
+                     + (f"; mapping stops at op #{e['first_unmapped']['index']} {e['first_unmapped']['op']}" if e.get("first_unmapped") else ""))
+        limits = {row["op"]: row["limitation"] for row in ops if row.get("limitation")}
+        for name, limit in limits.items():
+            lines.append(f"    {name} limitation (Coral's table): {limit}")
+    findings = [f for f in e.get("tensor_findings", []) if f["severity"] != "note"]
+    if findings:
+        lines.append("    tensors:")
+        lines += [f"      {f['severity']}: {f['problem']}" for f in findings]
+    lines += [f"    error: {m}" for m in e.get("errors", []) if not any(m == f["problem"] for f in findings)]
+    lines += [f"    warning: {m}" for m in e.get("warnings", [])]
+    lines += [f"    note: {m}" for m in e.get("notes", [])]
+    if "parameter_bytes" in e:
+        lines.append(f"    parameters: {e['parameter_bytes']:,} B of the ~{e['parameter_cache_bytes'] / 2**20:.1f} MiB the Edge TPU caches on chip")
+    if e.get("compiler_command"):
+        lines.append("    compile it where edgetpu_compiler is installed (x86-64 Debian/Ubuntu, package edgetpu-compiler "
+                     "from Coral's apt repository; not installable here):")
+        lines.append(f"      {e['compiler_command']}")
+        lines.append(f"    it writes {e['compiled_file']} and its log {e['compiler_log']} (the compiler's own op-by-op verdict)")
+        if e.get("bundle_add_command"):
+            lines.append("    then list the compiled model in the bundle with its hash, so load() verifies and prefers it "
+                         "with the libedgetpu delegate (a Coral target, or delegate='libedgetpu.so.1'):")
+            lines.append(f"      {e['bundle_add_command']}")
+        else:
+            lines.append("    then add it to the bundle the model came from: edgelstm bundle-add BUNDLE " + e["compiled_file"])
+    compiled = e.get("compiled_model")
+    if compiled and compiled["present"]:
+        lines.append(f"    {compiled['file']} is in the bundle"
+                     + (" and registered: load() uses it with the Edge TPU delegate" if compiled["registered"]
+                        else " but NOT registered: load() refuses it until `edgelstm bundle-add` lists it"))
+    return lines

@@ -116,14 +116,14 @@ def _gru_cell(layer: GRULayer, x: np.ndarray, h: np.ndarray) -> np.ndarray:
     from_input = x @ layer.kernel + layer.bias
     if layer.reset_after:
         from_state = h @ layer.recurrent_kernel + layer.recurrent_bias
-        z = gate(from_input[:, :units] + from_state[:, :units])
-        r = gate(from_input[:, units : 2 * units] + from_state[:, units : 2 * units])
-        candidate = act(from_input[:, 2 * units :] + r * from_state[:, 2 * units :])
+        z = gate(from_input[..., :units] + from_state[..., :units])
+        r = gate(from_input[..., units : 2 * units] + from_state[..., units : 2 * units])
+        candidate = act(from_input[..., 2 * units :] + r * from_state[..., 2 * units :])
     else:
-        from_state = h @ layer.recurrent_kernel[:, : 2 * units]
-        z = gate(from_input[:, :units] + from_state[:, :units])
-        r = gate(from_input[:, units : 2 * units] + from_state[:, units:])
-        candidate = act(from_input[:, 2 * units :] + (r * h) @ layer.recurrent_kernel[:, 2 * units :])
+        from_state = h @ layer.recurrent_kernel[..., : 2 * units]
+        z = gate(from_input[..., :units] + from_state[..., :units])
+        r = gate(from_input[..., units : 2 * units] + from_state[..., units:])
+        candidate = act(from_input[..., 2 * units :] + (r * h) @ layer.recurrent_kernel[..., 2 * units :])
     return (z * h + (1.0 - z) * candidate).astype(np.float32)
 
 

@@ -87,8 +87,34 @@ def test_text_classifier_with_embedding_streams_token_ids(keras, tmp_path, rng):
     assert result.returncode == 2 and "token id 10000 in sequence 0, step 2 is not in 0..9999" in result.stderr
 
 
-def test_bidirectional_classifier_is_refused_clearly_for_now(keras, tmp_path):
+def test_bidirectional_classifier_is_a_window_model(keras, tmp_path, rng):
+    """The guide's text classifier with ``Bidirectional(LSTM(64))``: it reads each window both
+    ways, so it is converted unrolled over a fixed window (``--window 30``) and the runtime's
+    window mode feeds it the last 30 token ids at every step."""
+    import edgelstm
+
     L = keras.layers
-    keras.Sequential([keras.Input((None, 8)), L.Bidirectional(L.LSTM(64)), L.Dense(1, activation="sigmoid")]).save(tmp_path / "m.keras")
-    with pytest.raises(UnsupportedLayerError, match="Bidirectional is not yet supported"):
-        load_network(tmp_path / "m.keras")
+    model = keras.Sequential([
+        keras.Input((None,)), L.Embedding(10000, 128), L.SpatialDropout1D(0.3),
+        L.Bidirectional(L.LSTM(64, dropout=0.2, recurrent_dropout=0.2)), L.Dense(32, activation="swish"), L.Dropout(0.5),
+        L.Dense(1, activation="sigmoid"),
+    ])
+    model.compile("adam", "binary_crossentropy")
+    model.fit(rng.integers(0, 10000, (32, 30)), rng.integers(0, 2, (32, 1)), epochs=1, verbose=0)
+    model.save(tmp_path / "bidi.keras")
+    np.save(tmp_path / "tokens.npy", rng.integers(0, 10000, (12, 50)))
+    run_cli("convert", tmp_path / "bidi.keras", "--calibration", tmp_path / "tokens.npy", "--out", tmp_path / "b",
+            "--window", "30", "--quant", "int8,float32", "--window-samples", "200", "--eval-windows", "200", "--quiet")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["network"]["mode"] == "window" and manifest["window"] == 30
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for name in ("tflite int8", "onnx int8"):
+        assert np.isfinite(report["models"][name]["relative_rmse"]), name
+    tokens = rng.integers(0, 10000, 34)
+    expected = model.predict(tokens[-30:][None], verbose=0)[0]
+    for backend, name in (("litert", "float32"), ("onnxruntime", "float32"), ("litert", "int8")):
+        runtime = edgelstm.load(tmp_path / "b", backend=backend, model=name)
+        outputs = runtime.run(tokens.reshape(-1, 1))
+        assert np.isnan(outputs[:29]).all()
+        tolerance = 1e-5 if name == "float32" else 0.1
+        assert np.max(np.abs(outputs[-1] - expected)) <= tolerance, (backend, name)

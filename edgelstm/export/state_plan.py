@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import DenseLayer, EmbeddingLayer, LSTMLayer, Network
+from ..network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 
 
 @dataclass
 class LayerPlan:
     units: int
     groups: list  # list of np.ndarray of original unit indices
+    has_cell: bool = True  # LSTM: h and c; GRU: h only (always within (-1, 1), one tensor)
 
     @property
     def permutation(self) -> np.ndarray:
@@ -41,13 +42,15 @@ class LayerPlan:
 
 @dataclass
 class StatePlan:
-    layers: list  # one LayerPlan per LSTM layer
+    layers: list  # one LayerPlan per recurrent layer (LSTM or GRU)
 
     @classmethod
     def single(cls, network: Network) -> "StatePlan":
-        return cls([LayerPlan(l.units, [np.arange(l.units)]) for l in network.lstm_layers])
+        return cls([LayerPlan(l.units, [np.arange(l.units)], isinstance(l, LSTMLayer)) for l in network.recurrent_layers])
 
     def cell_names(self, k: int) -> list:
+        if not self.layers[k].has_cell:
+            return []
         groups = len(self.layers[k].groups)
         return [f"c_{k}"] if groups == 1 else [f"c_{k}_{j}" for j in range(groups)]
 
@@ -99,7 +102,10 @@ class StatePlan:
 def plan_states(network: Network, unit_ranges: dict, max_groups: int = 4, ratio: float = 2.0) -> StatePlan:
     """Group each layer's cell-state units by the magnitude they reach in calibration."""
     layers = []
-    for k, layer in enumerate(network.lstm_layers):
+    for k, layer in enumerate(network.recurrent_layers):
+        if isinstance(layer, GRULayer):
+            layers.append(LayerPlan(layer.units, [np.arange(layer.units)], has_cell=False))
+            continue
         lo, hi = unit_ranges[f"c_{k}"]
         magnitude = np.maximum(np.abs(lo), np.abs(hi))
         order = np.argsort(-magnitude, kind="stable")
@@ -139,12 +145,30 @@ def permuted_network(network: Network, plan: StatePlan) -> Network:
             )
             previous_perm = perm
             k += 1
+        elif isinstance(layer, GRULayer):
+            perm = plan.layers[k].permutation
+            columns = np.concatenate([gate * layer.units + perm for gate in range(3)])
+            layers.append(
+                GRULayer(
+                    name=layer.name,
+                    kernel=np.ascontiguousarray(kernel[:, columns]),
+                    recurrent_kernel=np.ascontiguousarray(layer.recurrent_kernel[perm][:, columns]),
+                    bias=layer.bias[columns],
+                    recurrent_bias=layer.recurrent_bias[columns],
+                    activation=layer.activation,
+                    recurrent_activation=layer.recurrent_activation,
+                    return_sequences=layer.return_sequences,
+                    reset_after=layer.reset_after,
+                )
+            )
+            previous_perm = perm
+            k += 1
         else:
             layers.append(DenseLayer(layer.name, np.ascontiguousarray(kernel), layer.bias, layer.activation))
             previous_perm = None
     return Network(network.n_features, layers, network.source_format, network.source_name, list(network.notes))
 
 
-def group_columns(units: int, start: int, size: int) -> np.ndarray:
-    """Gate columns (i, f, g, o) of the contiguous units ``start..start+size`` of a permuted layer."""
-    return np.concatenate([gate * units + np.arange(start, start + size) for gate in range(4)])
+def group_columns(units: int, start: int, size: int, gates: int = 4) -> np.ndarray:
+    """Gate columns (i, f, g, o; or a GRU's z, r, h) of the contiguous units ``start..start+size`` of a permuted layer."""
+    return np.concatenate([gate * units + np.arange(start, start + size) for gate in range(gates)])

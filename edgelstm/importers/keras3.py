@@ -20,7 +20,7 @@ from ..network import Network
 from .keras_layers import KerasLayer, build_network, layers_from_model_config
 
 
-def load_keras3_archive(path: Path) -> Network:
+def load_keras3_archive(path: Path, window: int | None = None) -> Network:
     name = Path(path).name
     try:
         with zipfile.ZipFile(path) as archive:
@@ -61,7 +61,7 @@ def load_keras3_archive(path: Path) -> Network:
                 raise ModelFormatError(f"{name}: {layer.where()}: weights unreadable ({exc})") from None
 
         network = build_network(
-            chain, read_weights, keras_major=3, source_format="keras3", source_name=name, declared_features=declared
+            chain, read_weights, keras_major=3, source_format="keras3", source_name=name, declared_features=declared, window=window
         )
     network.notes.append(f"saved by Keras {version}")
     return network
@@ -89,7 +89,8 @@ def _variables(group) -> list:
     own = group.get("vars")
     if own is not None:
         arrays += [own[key][()] for key in sorted(own, key=int)]
-    for key in sorted(group):
+    # a Bidirectional holds forward_layer and backward_layer: forward first, as Keras lists them
+    for key in sorted(group, key=lambda k: (k == "backward_layer", k)):
         if key != "vars" and hasattr(group[key], "keys"):
             arrays += _variables(group[key])
     return arrays

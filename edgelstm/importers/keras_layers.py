@@ -15,13 +15,17 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..network import AffineLayer, DenseLayer, EmbeddingLayer, LSTMLayer, Network, fold_affine_layers
+from ..network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
+                       Network, Pooling1DLayer, RepeatVectorLayer, fold_affine_layers)
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
-SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "Dense", "TimeDistributed(Dense)", "BatchNormalization") + IDENTITY_LAYERS
-#: Recurrent layers and wrappers a later version will convert.
-NOT_YET_SUPPORTED = ("GRU", "Bidirectional", "SimpleRNN", "ConvLSTM1D", "RepeatVector", "Conv1D", "Masking")
+SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bidirectional(LSTM|GRU)", "Dense",
+                    "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
+                    "BatchNormalization") + IDENTITY_LAYERS
+#: Layers a later version may convert.
+NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking")
+RECURRENT_CLASSES = ("LSTM", "GRU")
 
 _ACTIVATION_ALIASES = {"silu": "swish", None: "linear"}
 
@@ -80,16 +84,37 @@ def check_supported(layers: list) -> None:
                     "only TimeDistributed(Dense)"
                 )
             continue
-        if cls == "LSTM":
+        if cls in RECURRENT_CLASSES:
+            _check_recurrent(layer, layer.config)
+            continue
+        if cls == "Bidirectional":
+            for key in ("layer", "backward_layer"):
+                inner = layer.config.get(key)
+                if inner is None:
+                    continue
+                if inner.get("class_name") not in RECURRENT_CLASSES:
+                    raise UnsupportedLayerError(
+                        f"{layer.where()}: Bidirectional({inner.get('class_name')}) is not supported; only LSTM or GRU inside"
+                    )
+                _check_recurrent(layer, inner.get("config", {}))
+            if layer.config.get("merge_mode", "concat") not in ("concat", "sum", "mul", "ave"):
+                raise UnsupportedLayerError(
+                    f"{layer.where()}: merge_mode {layer.config.get('merge_mode')!r} is not supported (concat, sum, mul, ave)"
+                )
+            continue
+        if cls == "Conv1D":
             cfg = layer.config
-            for option, message in (
-                ("stateful", "stateful=True LSTMs are not yet supported"),
-                ("go_backwards", "go_backwards=True is not yet supported"),
-                ("return_state", "return_state=True is not supported (the step model exposes state itself)"),
-                ("time_major", "time_major=True is not supported"),
-            ):
-                if cfg.get(option):
-                    raise UnsupportedLayerError(f"{layer.where()}: {message}")
+            if cfg.get("data_format", "channels_last") != "channels_last" or int(cfg.get("groups", 1)) != 1:
+                raise UnsupportedLayerError(f"{layer.where()}: only channels_last Conv1D without groups is supported")
+            if cfg.get("padding", "valid") not in ("valid", "same", "causal"):
+                raise UnsupportedLayerError(f"{layer.where()}: padding {cfg.get('padding')!r} is not supported")
+            continue
+        if cls in ("MaxPooling1D", "AveragePooling1D"):
+            cfg = layer.config
+            if cfg.get("padding", "valid") != "valid" or cfg.get("data_format", "channels_last") != "channels_last":
+                raise UnsupportedLayerError(f"{layer.where()}: only padding='valid', channels_last pooling is supported")
+            continue
+        if cls == "RepeatVector":
             continue
         if cls == "BatchNormalization":
             axis = layer.config.get("axis", -1)
@@ -111,6 +136,53 @@ def check_supported(layers: list) -> None:
         )
 
 
+def _check_recurrent(layer: KerasLayer, cfg: dict) -> None:
+    """Options of an LSTM or GRU (alone or inside Bidirectional) that have no step-model meaning."""
+    for option, message in (
+        ("return_state", "return_state=True is not supported (the step model exposes state itself)"),
+        ("time_major", "time_major=True is not supported"),
+    ):
+        if cfg.get(option):
+            raise UnsupportedLayerError(f"{layer.where()}: {message}")
+
+
+def _one(value, default=1) -> int:
+    """Keras stores Conv1D/pooling sizes as 1-element lists (Keras 3) or ints/tuples (Keras 2)."""
+    if value is None:
+        return default
+    if isinstance(value, (list, tuple)):
+        return int(value[0])
+    return int(value)
+
+
+def _recurrent(layer: KerasLayer, class_name: str, cfg: dict, weights: list, keras_major: int, name: str):
+    """An LSTMLayer or GRULayer from a Keras config and its arrays (kernel, recurrent kernel, bias)."""
+    units = int(cfg["units"])
+    use_bias = cfg.get("use_bias", True)
+    common = dict(
+        activation=activation_name(cfg.get("activation", "tanh"), keras_major, layer, "activation"),
+        recurrent_activation=activation_name(cfg.get("recurrent_activation", "sigmoid"), keras_major, layer,
+                                             "recurrent_activation"),
+        return_sequences=bool(cfg.get("return_sequences", False)),
+        go_backwards=bool(cfg.get("go_backwards", False)),
+    )
+    if class_name == "GRU":
+        reset_after = bool(cfg.get("reset_after", True))
+        _check_shape(layer, "recurrent_kernel", weights[1], (units, 3 * units))
+        if not use_bias:
+            bias, recurrent_bias = np.zeros(3 * units, np.float32), np.zeros(3 * units, np.float32)
+        elif reset_after:
+            _check_shape(layer, "bias", weights[2], (2, 3 * units))
+            bias, recurrent_bias = weights[2][0], weights[2][1]
+        else:
+            bias, recurrent_bias = weights[2], np.zeros(3 * units, np.float32)
+        return GRULayer(name=name, kernel=weights[0], recurrent_kernel=weights[1], bias=bias,
+                        recurrent_bias=recurrent_bias, reset_after=reset_after, **common)
+    _check_shape(layer, "recurrent_kernel", weights[1], (units, 4 * units))
+    bias = weights[2] if use_bias else np.zeros(4 * units, np.float32)
+    return LSTMLayer(name=name, kernel=weights[0], recurrent_kernel=weights[1], bias=bias, **common)
+
+
 def build_network(
     layers: list,
     read_weights: Callable[[KerasLayer], list],
@@ -118,13 +190,16 @@ def build_network(
     source_format: str,
     source_name: str,
     declared_features: list | None,
+    window: int | None = None,
 ) -> Network:
     """Lower a checked chain into a validated :class:`Network`.
 
-    ``read_weights(layer)`` returns the layer's arrays in Keras variable order.
+    ``read_weights(layer)`` returns the layer's arrays in Keras variable order. A window
+    network (Bidirectional, RepeatVector, Conv1D, go_backwards) takes its window length
+    from ``window``, else from the model's declared input shape, else from its RepeatVector.
     """
     check_supported(layers)
-    lowered = []
+    lowered, notes = [], []
     for layer in layers:
         cls = layer.class_name
         if cls == "InputLayer" or cls in IDENTITY_LAYERS:
@@ -132,23 +207,37 @@ def build_network(
         weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
         cfg = layer.config
         try:
-            if cls == "LSTM":
-                units = int(cfg["units"])
-                bias = weights[2] if cfg.get("use_bias", True) else np.zeros(4 * units, np.float32)
-                lowered.append(
-                    LSTMLayer(
-                        name=layer.name,
-                        kernel=weights[0],
-                        recurrent_kernel=weights[1],
-                        bias=bias,
-                        activation=activation_name(cfg.get("activation", "tanh"), keras_major, layer, "activation"),
-                        recurrent_activation=activation_name(
-                            cfg.get("recurrent_activation", "sigmoid"), keras_major, layer, "recurrent_activation"
-                        ),
-                        return_sequences=bool(cfg.get("return_sequences", False)),
-                    )
-                )
-                _check_shape(layer, "recurrent_kernel", weights[1], (units, 4 * units))
+            if cls in RECURRENT_CLASSES:
+                lowered.append(_recurrent(layer, cls, cfg, weights, keras_major, layer.name))
+                if cfg.get("stateful"):
+                    notes.append(f"{layer.name}: stateful=True (batch size baked in for training); the step model "
+                                 "carries state between calls itself, for any number of streams")
+            elif cls == "Bidirectional":
+                forward_cfg = cfg["layer"]["config"]
+                backward_cfg = (cfg.get("backward_layer") or {}).get("config") or dict(forward_cfg, go_backwards=True)
+                count = len(weights) // 2
+                forward = _recurrent(layer, cfg["layer"]["class_name"], forward_cfg, weights[:count], keras_major,
+                                     f"{layer.name}/forward")
+                backward = _recurrent(layer, (cfg.get("backward_layer") or cfg["layer"])["class_name"], backward_cfg,
+                                      weights[count:], keras_major, f"{layer.name}/backward")
+                backward.go_backwards = not forward.go_backwards
+                lowered.append(BidirectionalLayer(layer.name, forward, backward, cfg.get("merge_mode", "concat")))
+            elif cls == "RepeatVector":
+                size = lowered[-1].output_size if lowered else None
+                lowered.append(RepeatVectorLayer(layer.name, int(cfg["n"]), int(size or 0)))
+            elif cls == "Conv1D":
+                filters = int(cfg["filters"])
+                bias = weights[1] if cfg.get("use_bias", True) else np.zeros(filters, np.float32)
+                lowered.append(Conv1DLayer(
+                    layer.name, weights[0], bias, strides=_one(cfg.get("strides")), padding=cfg.get("padding", "valid"),
+                    dilation=_one(cfg.get("dilation_rate")),
+                    activation=activation_name(cfg.get("activation"), keras_major, layer, "activation"),
+                ))
+            elif cls in ("MaxPooling1D", "AveragePooling1D"):
+                size = lowered[-1].output_size if lowered else declared_features[-1]
+                pool = _one(cfg.get("pool_size"), 2)
+                lowered.append(Pooling1DLayer(layer.name, "max" if cls.startswith("Max") else "average", pool,
+                                              _one(cfg.get("strides"), pool), int(size)))
             elif cls in ("Dense", "TimeDistributed"):
                 dense_cfg = cfg if cls == "Dense" else cfg["layer"]["config"]
                 units = int(dense_cfg["units"])
@@ -185,7 +274,12 @@ def build_network(
     n_features = 1 if token_model else (
         int(declared_features[-1]) if declared_features and declared_features[-1] is not None else lowered[0].input_size
     )
-    network = Network(n_features=n_features, layers=lowered, source_format=source_format, source_name=source_name)
+    network = Network(n_features=n_features, layers=lowered, source_format=source_format, source_name=source_name,
+                      notes=notes)
+    if network.mode == "window":
+        declared_length = declared_features[1] if declared_features and len(declared_features) == 3 else None
+        repeats = [layer.times for layer in lowered if isinstance(layer, RepeatVectorLayer)]
+        network.window = window or declared_length or (repeats[0] if repeats else None)
     return network.validate()
 
 

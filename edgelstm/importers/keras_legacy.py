@@ -19,7 +19,7 @@ from ..network import Network
 from .keras_layers import KerasLayer, build_network, layers_from_model_config
 
 
-def load_keras2_hdf5(path: Path) -> Network:
+def load_keras2_hdf5(path: Path, window: int | None = None) -> Network:
     import h5py
 
     name = Path(path).name
@@ -60,6 +60,7 @@ def load_keras2_hdf5(path: Path) -> Network:
             source_format="keras2-hdf5",
             source_name=name,
             declared_features=declared,
+            window=window,
         )
     network.notes.append(f"saved by Keras {version} (legacy HDF5)")
     return network

@@ -17,7 +17,11 @@ A rejected reading never changes a stream's state.
 
 Window mode (models trained on fixed windows; the manifest's ``window``): a ring buffer
 keeps each stream's last N readings and every step runs the model over them from a
-fresh state; until a stream has N readings its output is NaN.
+fresh state; until a stream has N readings its output is NaN. Window models
+(Bidirectional, autoencoders, Conv1D front ends: the manifest's network ``mode`` is
+``window``) take the whole ring in one call; an autoencoder's output is its reconstruction
+error over the window (the anomaly score, mean squared error in normalised units), the
+reconstruction itself stays in ``runtime.reconstruction``.
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ KNOWN_DELEGATES = frozenset({"libedgetpu.so.1", "libedgetpu.so.1.0"})
 EDGETPU_HELP = (
     "install the Edge TPU runtime from Coral's apt repository (packages.cloud.google.com/apt, "
     "coral-edgetpu-stable): sudo apt-get install libedgetpu1-std; then compile the int8 model "
-    "with edgetpu_compiler (see `edgelstm inspect BUNDLE --target coral-usb`) and put the "
-    "*_edgetpu.tflite file in the bundle"
+    "with edgetpu_compiler (`edgelstm inspect BUNDLE --target coral-usb` prints the command) and list "
+    "the *_edgetpu.tflite file in the bundle: edgelstm bundle-add BUNDLE BUNDLE/step_int8_edgetpu.tflite"
 )
+#: What edgetpu_compiler appends to a model's name; such a file holds edgetpu-custom-op, which
+#: only the libedgetpu delegate runs (a plain CPU interpreter cannot even load it).
+EDGETPU_SUFFIX = "_edgetpu.tflite"
 
 
 def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, model: str | None = None,
@@ -59,7 +66,9 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
     onnxruntime, numpy), or one of those names. ``model``: a file of the bundle or a
     quantization (``int8``, ``float32``...); default: the manifest's choice for its target.
     ``delegate``: ``"target"`` loads the Edge TPU delegate when the bundle's target names
-    it, ``None`` never does, or a library name. ``monitor``: watch input drift, int8
+    it, ``None`` never does, or a library name. With a delegate, a compiled
+    ``*_edgetpu.tflite`` that ``edgelstm bundle-add`` listed in the manifest is preferred
+    (batch 1: ``streams=1``); without one it is never chosen (only libedgetpu runs it). ``monitor``: watch input drift, int8
     saturation and stuck sensors (:mod:`edgelstm.runtime.monitor`; ``thresholds`` a
     :class:`~edgelstm.runtime.monitor.Thresholds`), reported by ``health()`` and ``events()``.
     """
@@ -106,7 +115,31 @@ def _choose_model(bundle: Bundle, backend: str, model: str | None, delegate: str
     fmt = {"onnxruntime": "onnx", "numpy": "numpy"}.get(backend, "tflite")
     if fmt == "numpy":
         return {"file": "network.npz", "format": "numpy", "quant": "float32", "io": "float", "input": "normalized"}
-    candidates = bundle.models(fmt)
+    # A compiled Edge TPU model (edgetpu_compiler's *_edgetpu.tflite, listed with its hash by
+    # `edgelstm bundle-add`) stands for the model it was compiled from and runs only through
+    # the delegate: with a delegate it is preferred, without one it is never chosen.
+    candidates = [m for m in bundle.models(fmt) if not str(m["file"]).endswith(EDGETPU_SUFFIX)]
+    compiled = {}  # source model file -> entry of its registered compiled model
+    if fmt == "tflite":
+        sources = {m["file"]: m for m in candidates}
+        for listed in bundle.manifest.get("files", []) + [m for m in bundle.models(fmt) if m not in candidates]:
+            name = str(listed["file"])
+            source = name[: -len(EDGETPU_SUFFIX)] + ".tflite"
+            if name.endswith(EDGETPU_SUFFIX) and source in sources:
+                compiled[source] = dict(sources[source], file=name, sha256=listed.get("sha256"), edgetpu_compiled=True,
+                                        compiled_from=source)
+    if model and str(model).endswith(EDGETPU_SUFFIX) and fmt == "tflite":
+        found = [c for c in compiled.values() if c["file"] == model]
+        if not delegate:
+            raise BundleError(
+                f"{bundle.path}: {model} is compiled for the Edge TPU and runs only through the libedgetpu delegate "
+                f"(a CPU interpreter does not know its edgetpu-custom-op); load it with delegate='libedgetpu.so.1', "
+                f"or choose {model[: -len(EDGETPU_SUFFIX)]}.tflite for the CPU"
+            )
+        if not found:
+            raise BundleError(f"{bundle.path}: {model} is not listed in the manifest next to the model it was compiled from; "
+                              f"add it with: edgelstm bundle-add {bundle.path} {bundle.path / model}")
+        return found[0]
     if model:
         by_file = [m for m in candidates if m["file"] == model]
         if by_file:
@@ -117,15 +150,26 @@ def _choose_model(bundle: Bundle, backend: str, model: str | None, delegate: str
         wanted = next((m["quant"] for m in bundle.manifest["models"] if m["file"] == default), "int8")
         candidates = [m for m in candidates if m["quant"] == wanted] or candidates
     io_order = ("quantized", "stream", "float") if delegate else ("stream", "float", "quantized")
-    for io in io_order:
-        for m in candidates:
-            if m.get("io", "quantized") == io:
-                return m
-    return None
+    ordered = [m for io in io_order for m in candidates if m.get("io", "quantized") == io]
+    if delegate and fmt == "tflite":
+        for m in ordered:
+            if m["file"] in compiled:
+                return compiled[m["file"]]
+            unlisted = bundle.file(m).with_name(m["file"][: -len(".tflite")] + EDGETPU_SUFFIX)
+            if unlisted.exists():
+                raise BundleError(
+                    f"{unlisted}: a compiled Edge TPU model that the manifest does not list (so its hash was not checked); "
+                    f"add it with: edgelstm bundle-add {bundle.path} {unlisted}"
+                )
+    return ordered[0] if ordered else None
 
 
 def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, streams: int, delegate: str | None):
     from .steppers import NumpyStepper, OnnxStepper, TFLiteStepper
+
+    window_model = bundle.manifest["network"].get("mode") == "window"
+    if window_model and backend in ("numpy", "onnxruntime"):
+        return _open_window_model(bundle, backend, entry, threads, streams)
 
     if backend == "numpy":
         from ..network_file import load_network_file
@@ -137,24 +181,48 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
     _, module = tflite_interpreter_module(backend)
     delegates = None
     path = bundle.file(entry)
+    compiled = bool(entry.get("edgetpu_compiled")) or path.name.endswith(EDGETPU_SUFFIX)
+    if compiled and not delegate:  # _choose_model never picks it without one; a caller's entry might
+        raise BundleError(f"{path}: compiled for the Edge TPU, it runs only through the libedgetpu delegate")
+    if compiled and streams != 1:
+        raise ValueError(
+            f"{entry['file']} is compiled for the Edge TPU with fixed shapes (batch 1): load it with streams=1, "
+            f"or with delegate=None to step {streams} streams in one call on the CPU"
+        )
     if delegate:
-        compiled = path.with_name(path.stem + "_edgetpu.tflite")
         try:
             delegates = [module.load_delegate(delegate)]
         except (ValueError, OSError, AttributeError) as exc:
             raise BackendUnavailableError(
                 f"the Edge TPU delegate {delegate} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
-                f"{EDGETPU_HELP}; or load the bundle with delegate=None to run on the CPU"
+                f"{EDGETPU_HELP}; " + (f"{entry['file']} runs only through it; " if compiled else "")
+                + "or load the bundle with delegate=None to run on the CPU"
             ) from None
-        if compiled.exists():
-            listed = {entry["file"] for entry in bundle.manifest.get("files", [])}
-            if compiled.name not in listed:
-                raise BundleError(
-                    f"{compiled}: a compiled Edge TPU model that the manifest does not list (so its hash was not checked); "
-                    f"add it with: edgelstm bundle-add {bundle.path} {compiled}"
-                )
-            path = compiled
+        if not compiled:
+            import warnings
+
+            warnings.warn(
+                f"{bundle.path}: no compiled {path.stem}{EDGETPU_SUFFIX} is listed in the bundle, so the Edge TPU runs "
+                f"nothing of {entry['file']} (all on the CPU); `edgelstm inspect {bundle.path} --target coral-usb` "
+                "prints how to compile and add it", stacklevel=3,
+            )
+    if window_model:
+        from .window_models import TFLiteWindowModel
+
+        return TFLiteWindowModel(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
     return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
+
+
+def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, streams: int):
+    """A window model on onnxruntime or the numpy reference (TFLite ones open in :func:`_open_stepper`)."""
+    from .window_models import NumpyWindowModel, OnnxWindowModel
+
+    if backend == "numpy":
+        from ..network_file import load_network_file
+
+        network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
+        return NumpyWindowModel(network, batch=streams)
+    return OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams)
 
 
 class StreamRuntime:
@@ -167,9 +235,17 @@ class StreamRuntime:
         self.model_entry = entry
         self.streams = streams
         self.on_bad_input = on_bad_input
+        manifest = bundle.manifest
+        #: a window model (Bidirectional, autoencoder, Conv1D): the whole window in one call
+        self.window_model = manifest["network"].get("mode") == "window"
+        self.autoencoder = manifest["outputs"][0].get("mode") == "reconstruction_error"
+        if self.window_model:
+            if window and int(window) != int(manifest["window"]):
+                raise InputError(f"{bundle.path}: the model was unrolled over windows of {manifest['window']} "
+                                 f"steps; window={window} cannot be used")
+            window = manifest["window"]
         self.window = int(window) if window else None
         self._stepper = stepper
-        manifest = bundle.manifest
         self.n_features = int(manifest["input"]["n_features"])
         self.vocabulary = manifest["input"].get("vocabulary")  # token models: ids 0..vocabulary-1
         self.feature_names = list(manifest["input"].get("features") or [f"f{i}" for i in range(self.n_features)])
@@ -186,7 +262,7 @@ class StreamRuntime:
         self._nan_output = np.full((streams, self.output_size), np.nan, np.float32)
         self._nan_output.flags.writeable = False
         self._plain = not window and not self.vocabulary  # token ids are always range-checked
-        self._stepper_step = stepper.step
+        self._stepper_step = getattr(stepper, "step", None)  # window models have run() instead
         # TFLite steppers return the same read-only buffer every step: keep its row view
         self._y_stable = getattr(stepper, "_y_result", None)
         self._y_row = self._y_stable[0] if self._y_stable is not None else None
@@ -358,12 +434,24 @@ class StreamRuntime:
         self._ring[:, :-1] = self._ring[:, 1:]
         self._ring[:, -1] = batch
         self._filled = np.minimum(self._filled + 1, self.window)
-        self._stepper.reset()
-        for t in range(self.window):
-            y = self._stepper.step(self._ring[:, t])
+        if self.window_model:
+            y = self._window_model_output(self._stepper.run(self._ring))
+        else:
+            self._stepper.reset()
+            for t in range(self.window):
+                y = self._stepper.step(self._ring[:, t])
         np.copyto(self._window_out, y)
         self._window_out[self._filled < self.window] = np.nan
         return self._window_out
+
+    def _window_model_output(self, y: np.ndarray) -> np.ndarray:
+        """A window model's output per stream: an autoencoder's reconstruction error (mean
+        squared, normalised units: the anomaly score), a sequence output's last step, or ``y``."""
+        if self.autoencoder:
+            self.reconstruction = y
+            diff = y - self._stepper.normalized
+            return np.mean((diff * diff).reshape(len(diff), -1), axis=1, keepdims=True)
+        return y[:, -1] if y.ndim == 3 else y
 
     def run(self, sequence) -> np.ndarray:
         """Step through a whole array: ``(T, features)`` (one stream) or ``(T, streams, features)``.

@@ -1,0 +1,94 @@
+"""ONNX window models: the unrolled window graph of :mod:`.window_graph` as ONNX nodes.
+
+Same inputs and outputs as the TFLite window model (``x``: ``(batch, T, features)`` or
+``(batch, T)`` int64 ids; ``y``), opset 17, batch symbolic. The int8 model is quantized by
+:func:`.onnx_step.quantize_int8` (static QDQ), calibrated on windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..network import Network
+from . import window_graph
+from .onnx_step import OPSET, _GraphBuilder
+
+
+class OnnxOps(window_graph.Ops):
+    def __init__(self, graph: _GraphBuilder):
+        self.graph = graph
+        self._constants = {}  # id -> (array, initializer name): each weight array stored once
+
+    def constant(self, hint: str, array):
+        found = self._constants.get(id(array))
+        if found is None:  # keeping the array keeps its id from being reused by another
+            found = self._constants[id(array)] = (array, self.graph.const(hint, array))
+        return found[1]
+
+    def dense(self, x, kernel, bias=None):
+        value = self.graph.op("MatMul", [x, self.constant("W", kernel)])
+        return value if bias is None else self.graph.op("Add", [value, self.constant("b", bias)])
+
+    def add(self, a, b):
+        return self.graph.op("Add", [a, b])
+
+    def sub(self, a, b):
+        return self.graph.op("Sub", [a, b])
+
+    def mul(self, a, b):
+        return self.graph.op("Mul", [a, b])
+
+    def mul_const(self, a, vector):
+        return self.graph.op("Mul", [a, self.graph.const("k", np.asarray(vector, np.float32))])
+
+    def add_const(self, a, vector):
+        return self.graph.op("Add", [a, self.graph.const("k", np.asarray(vector, np.float32))])
+
+    def activation(self, name, value):
+        return self.graph.activation(name, value)
+
+    def split(self, value, parts):
+        return self.graph.op("Split", [value], outputs=parts, axis=1) if parts > 1 else [value]
+
+    def concat(self, values):
+        return self.graph.op("Concat", list(values), axis=1)
+
+    def maximum(self, a, b):
+        return self.graph.op("Max", [a, b])
+
+    def gather(self, table, ids):
+        return self.graph.op("Gather", [self.constant("table", table), ids], axis=0)
+
+
+def build_float_model(network: Network, batch="batch"):
+    """The float32 window graph as a checked ``onnx.ModelProto``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = _GraphBuilder()
+    steps = network.window
+    token = network.input_kind == "token"
+    if token:
+        x_info = helper.make_tensor_value_info("x", TensorProto.INT64, [batch, steps])
+    else:
+        x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, steps, network.n_features])
+    pieces = graph.op("Split", ["x"], outputs=steps, axis=1) if steps > 1 else ["x"]
+    axis = graph.int_const("axis", [1])
+    parts = [graph.op("Squeeze", [piece, axis]) for piece in pieces]
+    value = window_graph.lower(network, OnnxOps(graph), parts)
+    if isinstance(value, list):
+        stacked = [graph.op("Unsqueeze", [v, axis]) for v in value]
+        graph.op("Concat", stacked, output_names=["y"], axis=1)
+        y_shape = [batch, len(value), network.output_size]
+    else:
+        graph.op("Identity", [value], output_names=["y"])
+        y_shape = [batch, network.output_size]
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "edgelstm_window", [x_info],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], graph.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edgelstm",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
