@@ -24,7 +24,8 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88 in float32: 1 / inf is the right 0
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def _hard_sigmoid(slope: float):

@@ -179,20 +179,41 @@ def _inspect_onnx(path: Path) -> dict:
     }
 
 
+def _layer_details(layer: dict) -> str:
+    """The options of a described layer worth a glance: activations, direction, sizes."""
+    kind = layer["kind"]
+    if kind == "bidirectional":
+        return f" {layer['merge_mode']}: {layer['forward']['kind']} both ways" + (" return_sequences" if layer["return_sequences"] else "")
+    if kind in ("lstm", "gru"):
+        text = f" {layer['activation']}/{layer['recurrent_activation']}"
+        text += " return_sequences" if layer["return_sequences"] else ""
+        text += " go_backwards" if layer.get("go_backwards") else ""
+        return text + (" reset_after" if layer.get("reset_after") else "")
+    if kind == "conv1d":
+        return f" kernel {layer['kernel_size']} stride {layer['strides']} {layer['padding']} {layer['activation']}"
+    if kind == "repeat_vector":
+        return f" x{layer['times']}"
+    if kind == "pooling1d":
+        return f" {layer['mode']} {layer['pool_size']}/{layer['strides']}"
+    return f" {layer['activation']}" if "activation" in layer else ""
+
+
 def format_inspection(result: dict) -> str:
     lines = [f"{result['kind']}: {result['path']}"]
     network = result.get("network")
     if network:
+        mode = network.get("mode", "step")
         lines.append(
-            f"  input: {network['n_features']} features per step; output: {network['output_size']} "
+            f"  {mode} model" + (f" over windows of {network['window']} steps" if mode == "window" else "")
+            + (" (autoencoder: the anomaly score is its reconstruction error)" if network.get("autoencoder") else "")
+            + f"; input: {network['n_features']} features per step; output: {network['output_size']} "
             f"({network['output_mode']}); {network['parameters']} parameters"
         )
         for layer in network["layers"]:
-            extra = f" {layer['activation']}"
-            if layer["kind"] == "lstm":
-                extra += f"/{layer['recurrent_activation']}" + (" return_sequences" if layer["return_sequences"] else "")
-            lines.append(f"  {layer['kind']:<6}{layer['name']:<24}{layer['input_size']:>5} -> {layer['units']:<5}{layer['parameters']:>8} params{extra}")
-        lines.append("  state: " + ", ".join(f"{s['name']}({s['size']})" for s in network["state"]))
+            lines.append(f"  {layer['kind']:<14}{layer['name']:<24}{layer['input_size']:>5} -> {layer['units']:<5}"
+                         f"{layer['parameters']:>8} params{_layer_details(layer)}")
+        if mode == "step":
+            lines.append("  state: " + ", ".join(f"{s['name']}({s['size']})" for s in network["state"]))
     if result["kind"] == "bundle":
         lines.append(f"  features: {', '.join(result['input']['features'])}; normalisation {result['input']['normalization']}")
         for m in result["models"]:

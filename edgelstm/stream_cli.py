@@ -3,7 +3,8 @@
 Input: one reading per line, numbers separated by commas (or tabs/spaces). A first line
 that is not numeric is a header: when it names every feature of the bundle the columns
 are taken by name (in any order, extra columns ignored), otherwise by position. Blank
-lines are skipped. Output: one JSON object per line (``{"line": 3, "step": 1, "y": [...]}``)
+lines are skipped. Output: one JSON object per line (``{"line": 3, "step": 1, "y": [...]}``; an autoencoder's
+``"anomaly_score"`` instead of ``"y"``; ``{"line": 1, "step": 1, "filling": 30}`` while a window fills)
 or CSV (``line,y0,y1,...``), flushed per line so it can feed a pipe. A line that cannot be
 used is, by ``--on-bad-input``: ``error`` (exit 2 naming the line), ``skip`` (reported on
 stdout as ``{"line": n, "rejected": "why"}`` and counted; the state is untouched) or
@@ -29,6 +30,7 @@ def run_stream(args) -> int:
     from .runtime.stream import load
 
     runtime = load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
+    output_name = runtime.bundle.manifest["outputs"][0]["name"]  # "y", or an autoencoder's "anomaly_score"
     if args.state and args.state.exists():
         runtime.load_state(args.state)
     source = sys.stdin if args.input == "-" else open(args.input, newline="")
@@ -65,6 +67,10 @@ def run_stream(args) -> int:
                     out.write(json.dumps({"line": number, "rejected": str(exc)}) + "\n")
                 continue
             if not np.isfinite(y).all():
+                if runtime.window and int(runtime.steps[0]) < runtime.window:  # the window is still filling
+                    if writer is None:
+                        out.write(json.dumps({"line": number, "step": int(runtime.steps[0]), "filling": runtime.window}) + "\n")
+                    continue
                 rejected += 1
                 if writer is None:
                     out.write(json.dumps({"line": number, "rejected": "bad reading skipped"}) + "\n")
@@ -72,7 +78,7 @@ def run_stream(args) -> int:
             if writer:
                 writer.writerow([number] + [f"{v:.6g}" for v in y])
             else:
-                out.write(json.dumps({"line": number, "step": int(runtime.steps[0]), "y": [round(float(v), 6) for v in y]}) + "\n")
+                out.write(json.dumps({"line": number, "step": int(runtime.steps[0]), output_name: [round(float(v), 6) for v in y]}) + "\n")
             for event in runtime.events():  # drift, saturation, stuck sensors: JSON lines (stderr with --format csv)
                 event["line"] = number
                 print(json.dumps(event), file=sys.stderr if writer else out)
