@@ -257,6 +257,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             "sha256": source_sha,
             "format": source_format,
             "notes": network.notes,
+            **({"external_data": _external_data(options.model)} if source_format == "onnx" else {}),
         },
         "network": network.describe(),
         "input": {
@@ -320,6 +321,13 @@ _EDGETPU_KEYS = ("compatible", "verdict", "errors", "warnings", "problems", "not
 def _edgetpu_summary(path: Path) -> dict:
     result = edgetpu.check_file(path)
     return {key: result[key] for key in _EDGETPU_KEYS if key in result}
+
+
+def _external_data(model: Path) -> list:
+    """An ONNX model's external weight files (the dynamo exporter's ``.onnx.data``) with their hashes."""
+    from .importers.onnx_import import external_data_files
+
+    return [{"file": name, "sha256": sha256_of(Path(model).parent / name)} for name in external_data_files(model)]
 
 
 def _outputs(network) -> list:

@@ -292,8 +292,33 @@ class Pooling1DLayer:
                 "mode": self.mode, "pool_size": self.pool_size, "strides": self.strides, "parameters": 0}
 
 
+@dataclass
+class TimestepLayer:
+    """One timestep of a sequence: ``y = x[:, index]`` (PyTorch's ``out[:, -1]`` after a
+    bidirectional LSTM, where the backward half has read only the last input step)."""
+
+    name: str
+    index: int
+    size: int
+
+    kind = "timestep"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return self.size
+
+    @property
+    def output_size(self) -> int:
+        return self.size
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.size, "input_size": self.size,
+                "index": self.index, "parameters": 0}
+
+
 #: Layers only a window network has.
-WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer)
+WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer, TimestepLayer)
 
 
 @dataclass
@@ -383,7 +408,8 @@ class AffineLayer:
         return int(self.scale.shape[0])
 
 
-Layer = Union[LSTMLayer, GRULayer, DenseLayer, EmbeddingLayer, BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer]
+Layer = Union[LSTMLayer, GRULayer, DenseLayer, EmbeddingLayer, BidirectionalLayer, RepeatVectorLayer, Conv1DLayer,
+              Pooling1DLayer, TimestepLayer]
 
 
 @dataclass
@@ -443,6 +469,8 @@ class Network:
                 sequence = layer.return_sequences
             elif isinstance(layer, RepeatVectorLayer):
                 sequence = True
+            elif isinstance(layer, TimestepLayer):
+                sequence = False
         return "sequence" if sequence else "last"
 
     def output_length(self) -> int | None:
@@ -548,6 +576,11 @@ class Network:
                 if sequence:
                     raise UnsupportedLayerError(f"{where} (RepeatVector): repeats a vector, but gets a sequence")
                 sequence, length = True, layer.times
+            elif isinstance(layer, TimestepLayer):
+                if not sequence or not -length <= layer.index < length:
+                    raise UnsupportedLayerError(f"{where} (timestep {layer.index}): needs a sequence of more than "
+                                                f"{abs(layer.index)} steps")
+                sequence = False
             elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)):
                 if not sequence:
                     raise UnsupportedLayerError(f"{where} ({layer.kind}): needs a sequence input")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import BundleError
 from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                      Pooling1DLayer, RepeatVectorLayer)
+                      Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 _ARRAYS = {
     "lstm": ("kernel", "recurrent_kernel", "bias"),
@@ -61,6 +61,8 @@ def _load_layer(weights: dict, prefix: str, spec: dict):
                            spec["activation"])
     if kind == "repeat_vector":
         return RepeatVectorLayer(spec["name"], int(spec["times"]), int(spec["units"]))
+    if kind == "timestep":
+        return TimestepLayer(spec["name"], int(spec["index"]), int(spec["units"]))
     if kind == "pooling1d":
         return Pooling1DLayer(spec["name"], spec["mode"], int(spec["pool_size"]), int(spec["strides"]), int(spec["units"]))
     raise BundleError(f"layer '{spec.get('name')}' has unknown kind {kind!r}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import activations
 from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                      Pooling1DLayer, RepeatVectorLayer)
+                      Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
 class Reference:
@@ -197,6 +197,8 @@ def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
             value = conv1d(layer, value)
         elif isinstance(layer, Pooling1DLayer):
             value = pool1d(layer, value)
+        elif isinstance(layer, TimestepLayer):
+            value = value[:, layer.index]
         elif isinstance(layer, DenseLayer):
             value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
     return np.asarray(value, np.float32)

@@ -15,4 +15,7 @@ python -m pip install --quiet -e ".[convert,test]"
 # tf-keras writes the legacy Keras 2 HDF5 fixtures; --no-deps because it pins `tensorflow`
 # (the same code as the tensorflow-cpu installed above).
 python -m pip install --quiet --no-deps "tf-keras>=2.21,<2.22"
+# PyTorch exports the ONNX fixtures of the PyTorch-import tests. Exactly 2.13.0: this machine
+# image serves it as a local CPU wheel; an open range would resolve to a CUDA build of several GB.
+python -m pip install --quiet "torch==2.13.0"
 python -m pytest -q tests "$@"

@@ -162,6 +162,13 @@ def test_stateful_keras_model_is_a_step_model(keras, tmp_path):
     assert np.max(np.abs(outputs[:, -1] - first)) <= 1e-5
     outputs, _ = Reference(network).run(x[:, 5:], state)
     assert np.max(np.abs(outputs[:, -1] - second)) <= 1e-5
+    # converted, four streams stepped at once carry their state like the stateful model's batch rows
+    np.save(tmp_path / "calib.npy", np.random.default_rng(8).normal(size=(10, 20, F)).astype("float32"))
+    run_cli("convert", tmp_path / "stateful.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--quant", "float32,int8", "--long-steps", "500", "--quiet")
+    runtime = edgelstm.load(tmp_path / "b", backend="litert", model="float32", streams=4)
+    outputs = runtime.run(x.transpose(1, 0, 2))  # (T, streams, F)
+    assert np.max(np.abs(outputs[4] - first)) <= 1e-5 and np.max(np.abs(outputs[-1] - second)) <= 1e-5
 
 
 def test_window_model_without_a_fixed_length_asks_for_window(keras, tmp_path, window_calibration):

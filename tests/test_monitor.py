@@ -106,3 +106,56 @@ def test_healthz_and_drift_gauges_on_the_metrics_endpoint(cmapss_bundle, engines
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert failing.value.code == 503 and json.loads(failing.value.read())["status"] == "failing"
     bridge.stop()
+
+
+def test_delays_hold_wherever_the_fault_falls_between_two_evaluations(cmapss_bundle, engines):
+    """The means are evaluated every ``every`` readings, so a fault can start at any phase of that
+    schedule: an offset is named within 30 readings at every phase, and a stuck sensor exactly
+    when a whole window has not changed (``window - 1`` readings after the first frozen one)."""
+    runtime = edgelstm.load(cmapss_bundle)
+    names = runtime.feature_names
+    std = runtime.bundle.manifest["input"]["reference"]["std"]
+    window, every = runtime.monitor.t.window, runtime.monitor.t.every
+    long_engines = sorted(engines, key=len)[-15:]
+    delays = {"drift": [], "stuck": []}
+    for onset in range(50, 50 + every):
+        for engine in long_engines:
+            for kind, sensor in (("drift", OFFSET_SENSOR), ("stuck", STUCK_SENSOR)):  # one fault at a time
+                faulty = engine[:onset + 60].copy()
+                if kind == "drift":
+                    faulty[onset:, sensor] += 3 * std[sensor]
+                else:
+                    faulty[onset:, sensor] = faulty[onset, sensor]
+                events = _stream(runtime, faulty)
+                named = [e["t"] - onset for e in events
+                         if e["event"] == kind and e["feature"] == names[sensor] and e["t"] >= onset]
+                assert named, (onset, len(engine), kind, events)
+                delays[kind].append(named[0])
+                assert [e for e in events if e["event"] in ("drift", "stuck") and e["feature"] != names[sensor]] == []
+    assert max(delays["drift"]) <= 30
+    assert max(delays["stuck"]) <= window - 1
+    print(f"{every} onsets x {len(long_engines)} engines: drift delay max {max(delays['drift'])} "
+          f"(median {int(np.median(delays['drift']))}), stuck delay max {max(delays['stuck'])}")
+
+
+def test_stuck_float64_readings_are_named_too(cmapss_bundle, engines):
+    """float64 readings that float32 cannot hold exactly: the stuck pre-check's tolerance covers them."""
+    runtime = edgelstm.load(cmapss_bundle)
+    faulty = engines[40][:100].astype(np.float64) + 1e-9
+    faulty[43:, STUCK_SENSOR] = faulty[43, STUCK_SENSOR] + np.pi * 1e-7
+    events = _stream(runtime, faulty)
+    stuck = [e["t"] for e in events if e["event"] == "stuck"]
+    assert stuck and stuck[0] == 43 + runtime.monitor.t.window - 1, events
+
+
+def test_evaluation_cadence_on_clean_readings(cmapss_bundle, engines):
+    """Nothing but a row copy per step: the means every ``every`` readings (from the first full
+    window on), the input range and int8 state once per window."""
+    runtime = edgelstm.load(cmapss_bundle)
+    t = runtime.monitor.t
+    engine = max(engines, key=len)
+    runtime.run(engine)
+    first = t.every * -(-t.window // t.every)  # the first multiple of every with a full window
+    regular = len(range(first, len(engine) + 1, t.every))
+    windows = len([k for k in range(t.window, len(engine) + 1, t.window) if k % t.every])
+    assert runtime.health()["evaluations"] == regular + windows

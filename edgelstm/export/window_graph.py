@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                       Pooling1DLayer, RepeatVectorLayer)
+                       Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
 class Ops:
@@ -84,6 +84,8 @@ def lower(network: Network, ops: Ops, steps: list):
             value = conv1d(ops, layer, value)
         elif isinstance(layer, Pooling1DLayer):
             value = pool1d(ops, layer, value)
+        elif isinstance(layer, TimestepLayer):
+            value = value[layer.index]
         elif isinstance(layer, DenseLayer):
             apply = lambda v, layer=layer: ops.activation(layer.activation, ops.dense(v, layer.kernel, layer.bias))  # noqa: E731
             value = [apply(v) for v in value] if isinstance(value, list) else apply(value)
