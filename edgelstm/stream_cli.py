@@ -58,6 +58,7 @@ def run_stream(args) -> int:
             try:
                 if values is None:
                     raise InputError(f"line {number}: not {runtime.n_features} numbers: {text[:80]!r}")
+                rejected_before = runtime.counters["rejected"]
                 y = runtime.step(values)
             except InputError as exc:
                 if args.on_bad_input == "error":
@@ -67,7 +68,8 @@ def run_stream(args) -> int:
                     out.write(json.dumps({"line": number, "rejected": str(exc)}) + "\n")
                 continue
             if not np.isfinite(y).all():
-                if runtime.window and int(runtime.steps[0]) < runtime.window:  # the window is still filling
+                filling = runtime.window and int(runtime.steps[0]) < runtime.window
+                if filling and runtime.counters["rejected"] == rejected_before:  # a good reading; the window is still filling
                     if writer is None:
                         out.write(json.dumps({"line": number, "step": int(runtime.steps[0]), "filling": runtime.window}) + "\n")
                     continue

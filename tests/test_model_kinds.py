@@ -104,8 +104,13 @@ def test_window_models_convert_to_int8_and_stream(keras, tmp_path, window_calibr
         assert np.isnan(outputs[: T - 1]).all(), backend
         scale = max(1.0, float(np.max(np.abs(expected))))
         assert np.max(np.abs(outputs[T - 1 :] - expected)) <= tolerance * scale, (backend, quant)
-    many = edgelstm.load(tmp_path / "b", streams=3)
-    assert many.run(np.stack([readings] * 3, axis=1)).shape == (len(readings), 3, manifest["outputs"][0]["size"])
+    many = edgelstm.load(tmp_path / "b", streams=3)  # the int8 window model, its batch resized to 3 at load
+    others = np.random.default_rng(9).normal(size=(2, len(readings), F)).astype("float32")
+    together = many.run(np.stack([readings, others[0], others[1]], axis=1))
+    assert together.shape == (len(readings), 3, manifest["outputs"][0]["size"])
+    for stream, sequence in enumerate([readings, others[0], others[1]]):
+        alone = edgelstm.load(tmp_path / "b").run(sequence)
+        np.testing.assert_array_equal(together[:, stream], alone)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

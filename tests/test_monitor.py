@@ -63,6 +63,10 @@ def test_offset_and_stuck_sensors_are_named_within_30_readings_and_cleared(cmaps
         if len(engine) >= end + 60:
             clears = {e["event"] for e in events if e["t"] >= end}
             assert {"drift_clear", "stuck_clear"} <= clears, events
+            # repaired for good: no new drift or stuck event after the clear, and the stream is healthy again
+            last_clear = max(e["t"] for e in events if e["event"] in ("drift_clear", "stuck_clear"))
+            assert [e for e in events if e["t"] > last_clear and e["event"] in ("drift", "stuck")] == [], events
+            assert runtime.health()["status"] == "ok", runtime.health()
             cleared += 1
     assert max(drift_delays) <= 30 and max(stuck_delays) <= 30
     assert cleared >= 20

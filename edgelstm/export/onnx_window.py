@@ -17,13 +17,13 @@ from .onnx_step import OPSET, _GraphBuilder
 class OnnxOps(window_graph.Ops):
     def __init__(self, graph: _GraphBuilder):
         self.graph = graph
-        self._constants = {}  # id -> (array, initializer name): each weight array stored once
+        self._constants = {}  # content -> initializer name: each weight array stored once
 
     def constant(self, hint: str, array):
-        found = self._constants.get(id(array))
-        if found is None:  # keeping the array keeps its id from being reused by another
-            found = self._constants[id(array)] = (array, self.graph.const(hint, array))
-        return found[1]
+        key = window_graph.constant_key(array)
+        if key not in self._constants:
+            self._constants[key] = self.graph.const(hint, array)
+        return self._constants[key]
 
     def dense(self, x, kernel, bias=None):
         value = self.graph.op("MatMul", [x, self.constant("W", kernel)])
@@ -39,10 +39,10 @@ class OnnxOps(window_graph.Ops):
         return self.graph.op("Mul", [a, b])
 
     def mul_const(self, a, vector):
-        return self.graph.op("Mul", [a, self.graph.const("k", np.asarray(vector, np.float32))])
+        return self.graph.op("Mul", [a, self.constant("k", np.asarray(vector, np.float32))])
 
     def add_const(self, a, vector):
-        return self.graph.op("Add", [a, self.graph.const("k", np.asarray(vector, np.float32))])
+        return self.graph.op("Add", [a, self.constant("k", np.asarray(vector, np.float32))])
 
     def activation(self, name, value):
         return self.graph.activation(name, value)
@@ -72,10 +72,14 @@ def build_float_model(network: Network, batch="batch"):
         x_info = helper.make_tensor_value_info("x", TensorProto.INT64, [batch, steps])
     else:
         x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, steps, network.n_features])
-    pieces = graph.op("Split", ["x"], outputs=steps, axis=1) if steps > 1 else ["x"]
+    layers, x = network.layers, "x"
+    if token:  # one Gather for the whole window (batch, T) -> (batch, T, dim)
+        x = graph.op("Gather", [graph.const("table", layers[0].table), "x"], axis=0)
+        layers = layers[1:]
+    pieces = graph.op("Split", [x], outputs=steps, axis=1) if steps > 1 else [x]
     axis = graph.int_const("axis", [1])
     parts = [graph.op("Squeeze", [piece, axis]) for piece in pieces]
-    value = window_graph.lower(network, OnnxOps(graph), parts)
+    value = window_graph.lower_layers(layers, OnnxOps(graph), parts)
     if isinstance(value, list):
         stacked = [graph.op("Unsqueeze", [v, axis]) for v in value]
         graph.op("Concat", stacked, output_names=["y"], axis=1)

@@ -23,13 +23,13 @@ from .tflite_step import QUANT_MODES, _activation, _tf
 class TFOps(window_graph.Ops):
     def __init__(self, tf):
         self.tf = tf
-        self._constants = {}  # id -> (array, constant): one constant per weight array, however many steps use it
+        self._constants = {}  # content -> constant: one per weight array, however many steps use it
 
     def constant(self, array):
-        found = self._constants.get(id(array))
-        if found is None:  # keeping the array keeps its id from being reused by another
-            found = self._constants[id(array)] = (array, self.tf.constant(array))
-        return found[1]
+        key = window_graph.constant_key(array)
+        if key not in self._constants:
+            self._constants[key] = self.tf.constant(array)
+        return self._constants[key]
 
     def dense(self, x, kernel, bias=None):
         value = self.tf.matmul(x, self.constant(kernel))
@@ -45,10 +45,10 @@ class TFOps(window_graph.Ops):
         return a * b
 
     def mul_const(self, a, vector):
-        return a * self.tf.constant(np.asarray(vector, np.float32))
+        return a * self.constant(np.asarray(vector, np.float32))
 
     def add_const(self, a, vector):
-        return a + self.tf.constant(np.asarray(vector, np.float32))
+        return a + self.constant(np.asarray(vector, np.float32))
 
     def activation(self, name, value):
         return _activation(self.tf, name, value)
@@ -75,11 +75,14 @@ def build_window_function(network: Network, batch: int = 1):
             else tf.TensorSpec([batch, steps, network.n_features], tf.float32, name="x"))
 
     def window(x):
-        if token:
-            parts = [tf.reshape(part, [-1]) for part in tf.split(x, steps, axis=1)]
-        else:
-            parts = [tf.reshape(part, [-1, network.n_features]) for part in tf.split(x, steps, axis=1)]
-        value = window_graph.lower(network, TFOps(tf), parts)
+        layers = network.layers
+        if token:  # one GATHER for the whole window: a table per step would be quantized once per step
+            table = layers[0].table
+            x = tf.gather(tf.constant(table), x)  # (batch, T, dim)
+            layers = layers[1:]
+        width = int(x.shape[-1])
+        parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
+        value = window_graph.lower_layers(layers, TFOps(tf), parts)
         return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
 
     module = tf.Module()

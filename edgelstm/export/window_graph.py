@@ -62,11 +62,26 @@ class Ops:
         raise NotImplementedError
 
 
+def constant_key(array) -> tuple:
+    """What makes two weight arrays the same constant: the timesteps of an unrolled layer pass
+    fresh slices of one matrix, which only their content identifies."""
+    import hashlib
+
+    array = np.ascontiguousarray(array)
+    return array.shape, array.dtype.str, hashlib.blake2b(array.tobytes(), digest_size=16).digest()
+
+
 def lower(network: Network, ops: Ops, steps: list):
     """The network over ``steps`` (a list of ``T`` input tensors); returns a list of output
     tensors (sequence output) or one tensor (the source model's single output)."""
+    return lower_layers(network.layers, ops, steps)
+
+
+def lower_layers(layers: list, ops: Ops, steps: list):
+    """:func:`lower` for a chain of layers (the exporters look a leading Embedding up themselves,
+    once for the whole window)."""
     value = steps
-    for layer in network.layers:
+    for layer in layers:
         if isinstance(layer, EmbeddingLayer):
             value = [ops.gather(layer.table, ids) for ids in value]
         elif isinstance(layer, (LSTMLayer, GRULayer)):
@@ -164,8 +179,6 @@ def _merge(ops: Ops, mode: str, forward, backward):
 def conv1d(ops: Ops, layer: Conv1DLayer, steps: list) -> list:
     """Each output step is one FULLY_CONNECTED over the input steps its kernel covers; taps
     that fall on the zero padding are left out (exact, and no zero constants)."""
-    import numpy as np
-
     before, _ = layer.pads()
     outputs = []
     for t in range(layer.output_length(len(steps))):
@@ -178,8 +191,6 @@ def conv1d(ops: Ops, layer: Conv1DLayer, steps: list) -> list:
 
 
 def pool1d(ops: Ops, layer: Pooling1DLayer, steps: list) -> list:
-    import numpy as np
-
     outputs = []
     for t in range(layer.output_length(len(steps))):
         window = steps[t * layer.strides : t * layer.strides + layer.pool_size]

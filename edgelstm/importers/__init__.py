@@ -54,7 +54,9 @@ def load_network(path, window: int | None = None) -> Network:
     """Import a model file into a validated Network.
 
     ``window``: the window length for window networks (Bidirectional, autoencoders, Conv1D,
-    go_backwards) whose file does not fix it; it overrides a length the file declares."""
+    go_backwards) whose file does not fix it. A Keras model that declares another length is
+    refused; an ONNX graph's fixed time dimension (often just the export's example input) is
+    overridden, with a note."""
     path = Path(path)
     kind = sniff_format(path)
     if kind == "keras2-hdf5":

@@ -221,6 +221,11 @@ def build_network(
                 backward = _recurrent(layer, (cfg.get("backward_layer") or cfg["layer"])["class_name"], backward_cfg,
                                       weights[count:], keras_major, f"{layer.name}/backward")
                 backward.go_backwards = not forward.go_backwards
+                if (forward.kind, forward.units, forward.return_sequences) != (backward.kind, backward.units, backward.return_sequences):
+                    raise UnsupportedLayerError(
+                        f"{layer.where()}: its backward_layer differs from the forward layer ({backward.kind} "
+                        f"{backward.units} units vs {forward.kind} {forward.units}); only mirror-image Bidirectional layers are supported"
+                    )
                 lowered.append(BidirectionalLayer(layer.name, forward, backward, cfg.get("merge_mode", "concat")))
             elif cls == "RepeatVector":
                 size = lowered[-1].output_size if lowered else None
@@ -276,8 +281,12 @@ def build_network(
     )
     network = Network(n_features=n_features, layers=lowered, source_format=source_format, source_name=source_name,
                       notes=notes)
-    if network.mode == "window":
-        declared_length = declared_features[1] if declared_features and len(declared_features) == 3 else None
+    if network.mode == "window":  # (batch, T, features), or (batch, T) token ids
+        declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
+        if window and declared_length and int(window) != int(declared_length):
+            raise UnsupportedLayerError(
+                f"{source_name}: the model declares windows of {declared_length} steps; --window {window} contradicts it"
+            )
         repeats = [layer.times for layer in lowered if isinstance(layer, RepeatVectorLayer)]
         network.window = window or declared_length or (repeats[0] if repeats else None)
     return network.validate()

@@ -23,11 +23,11 @@ are interpreted abstractly, in dependency order. Every value becomes one of
 Pattern matching on ops and symbolic shapes (dims identified by identity, not by value)
 instead of running shape inference keeps this independent of which sizes the exporter
 made static. At the single output the parts are resolved into layers; anything the
-Network cannot express exactly is refused with the node's name and op. Notably refused:
-``out[:, -1]`` of a *bidirectional* layer (its backward half there has read one step; the
-Network's Bidirectional, like Keras', gives the backward direction after the whole window:
-use ``cat(h_n[-2], h_n[-1])``), the cell state ``c_n`` as output, peepholes, ``clip``,
-``input_forget``, ``sequence_lens``, non-zero constant initial states, residual branches.
+Network cannot express exactly is refused with the node's name and op. ``out[:, -1]`` of a
+*bidirectional* layer (its backward half there has read only one step) becomes the whole
+sequence and a :class:`~edgelstm.network.TimestepLayer`, a window model. Refused: the cell
+state ``c_n`` as output, peepholes, ``clip``, ``input_forget``, ``sequence_lens``, non-zero
+constant initial states, residual branches.
 """
 
 from __future__ import annotations

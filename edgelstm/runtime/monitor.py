@@ -156,6 +156,9 @@ class DriftMonitor:
         self._none = bytes(self._flags.size)
         self._row_cache = {}
         self.anchor = np.zeros((streams, n))  # level a drifting feature must come back to
+        # the level the last cleared drift came back to: the window's return there (a repaired
+        # sensor) is itself a jump, which must not start a new drift anchored at the faulty level
+        self.cleared_anchor = np.full((streams, n), np.nan)
         self.clear_at = np.zeros((streams, n))
         self.psi = np.zeros((streams, n))
         self.saturated = np.zeros((streams, n))
@@ -424,7 +427,8 @@ class DriftMonitor:
         self._settle()
         # a feature unchanged for the last _run readings but not yet for a whole window: look again
         # exactly when it would be (the regular evaluations may be up to ``every`` readings apart)
-        candidates = self._within[2].reshape(self.streams, -1) & ~stuck
+        flaggable = stuck & self._fresh_mask()[0][:, None]  # after a reset a stale constant window flags nothing yet
+        candidates = self._within[2].reshape(self.streams, -1) & ~flaggable
         if candidates.any():
             same = window == window[0]
             run = int(np.where(same.all(0), w, same.argmin(0))[candidates].max())
@@ -450,7 +454,9 @@ class DriftMonitor:
         t = self.t
         full, doubly_full = self._fresh_mask()
         mean_shift, step_change = self.mean_shift, self.step_change
-        jumped = (np.abs(step_change) > t.step) & doubly_full[:, None]
+        with np.errstate(invalid="ignore"):  # NaN (no drift cleared yet) compares False
+            returning = np.abs(self._current - self.cleared_anchor) < np.abs(self._previous - self.cleared_anchor)
+        jumped = (np.abs(step_change) > t.step) & doubly_full[:, None] & ~returning
         away = (np.abs(mean_shift) > t.shift) & (self.psi > t.psi) & full[:, None]
         stuck = stuck & full[:, None]
         onset = (jumped | away) & ~self.drifting
@@ -460,6 +466,9 @@ class DriftMonitor:
         drifting = onset
         if self.drifting.any():
             drifting = onset | (self.drifting & (np.abs(self._current - self.anchor) / self.std > self.clear_at))
+        cleared = self.drifting & ~drifting
+        if cleared.any():
+            self.cleared_anchor = np.where(cleared, self.anchor, self.cleared_anchor)
         share = np.where(full, np.maximum(self.saturated.mean(-1), self.state_saturated), 0.0)  # of all values in the window
         saturating = np.where(self.saturating, share > t.saturation / 2, share > t.saturation)
         if (drifting != self.drifting).any() or (stuck != self.stuck).any() or (saturating != self.saturating).any():
@@ -507,6 +516,7 @@ class DriftMonitor:
         self.drifting[rows] = False
         self.stuck[rows] = False
         self.saturating[rows] = False
+        self.cleared_anchor[rows] = np.nan
         self._any_flag = bool(self.drifting.any() or self.stuck.any() or self.saturating.any())
         self._settle()
 
