@@ -243,7 +243,12 @@ def _build(name: str):
 def test_reference_matches_torch(name, dynamo, tmp_path):
     model = _build(name)
     path = tmp_path / "model.onnx"
-    _export(model, path, dynamo)
+    # torch 2.13's dynamo exporter, as the first export of a process, leaves the input's time
+    # axis symbolic but bakes the example length into the Reshape after a bidirectional layer
+    # (a graph onnxruntime itself cannot run at other lengths; the importer refuses it, naming
+    # the Reshape); after another export it specializes the input too. Exported static here,
+    # the window models behave the same whatever ran before.
+    _export(model, path, dynamo, dynamic=not (dynamo and name.startswith("bi")))
     network = load_network(path, window=9)
     assert network.source_format == "onnx"
     steps = 9 if network.mode == "window" else 13  # the exported graphs take any batch and length

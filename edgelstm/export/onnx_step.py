@@ -75,31 +75,6 @@ class _GraphBuilder:
         raise ConversionError(f"activation '{name}' has no ONNX mapping")
 
 
-def gru_cell(graph: _GraphBuilder, layer: GRULayer, x: str, h: str, output_name: str | None = None) -> str:
-    """One GRU step (MatMul, Add, Split, Sigmoid, Tanh, Mul, Sub): ``h' = hh + z (h - hh)``."""
-    units = layer.units
-    gate, act = layer.recurrent_activation, layer.activation
-    from_input = graph.op("Add", [graph.op("MatMul", [x, graph.const(f"{layer.name}_W", layer.kernel)]),
-                                  graph.const(f"{layer.name}_b", layer.bias)])
-    z_in, r_in, h_in = graph.op("Split", [from_input], outputs=3, axis=1)
-    if layer.reset_after:
-        from_state = graph.op("Add", [graph.op("MatMul", [h, graph.const(f"{layer.name}_U", layer.recurrent_kernel)]),
-                                      graph.const(f"{layer.name}_rb", layer.recurrent_bias)])
-        z_h, r_h, h_h = graph.op("Split", [from_state], outputs=3, axis=1)
-        z = graph.activation(gate, graph.op("Add", [z_in, z_h]))
-        r = graph.activation(gate, graph.op("Add", [r_in, r_h]))
-        candidate = graph.activation(act, graph.op("Add", [h_in, graph.op("Mul", [r, h_h])]))
-    else:
-        from_state = graph.op("MatMul", [h, graph.const(f"{layer.name}_Uzr", layer.recurrent_kernel[:, : 2 * units])])
-        z_h, r_h = graph.op("Split", [from_state], outputs=2, axis=1)
-        z = graph.activation(gate, graph.op("Add", [z_in, z_h]))
-        r = graph.activation(gate, graph.op("Add", [r_in, r_h]))
-        reset_h = graph.op("MatMul", [graph.op("Mul", [r, h]), graph.const(f"{layer.name}_Uh", layer.recurrent_kernel[:, 2 * units :])])
-        candidate = graph.activation(act, graph.op("Add", [h_in, reset_h]))
-    update = graph.op("Mul", [z, graph.op("Sub", [h, candidate])])
-    return graph.op("Add", [candidate, update], output_names=[output_name] if output_name else None)
-
-
 def build_float_model(network: Network, plan: StatePlan, batch="batch"):
     """The float32 step graph as an ``onnx.ModelProto`` (checked), state laid out by ``plan``.
 
@@ -144,8 +119,11 @@ def build_float_model(network: Network, plan: StatePlan, batch="batch"):
             else:
                 value = graph.op("Concat", h_parts, output_names=[f"{h}_out"], axis=1)
             k += 1
-        elif isinstance(layer, GRULayer):
-            value = gru_cell(graph, layer, value, f"h_{k}", output_name=f"h_{k}_out")
+        elif isinstance(layer, GRULayer):  # the window graph's GRU step, on ONNX nodes
+            from .onnx_window import OnnxOps
+            from .window_graph import gru_cell
+
+            value = graph.op("Identity", [gru_cell(OnnxOps(graph), layer, value, f"h_{k}")], output_names=[f"h_{k}_out"])
             k += 1
         elif isinstance(layer, DenseLayer):
             dense = graph.op("Add", [graph.op("MatMul", [value, graph.const(f"{layer.name}_W", layer.kernel)]), graph.const(f"{layer.name}_b", layer.bias)])

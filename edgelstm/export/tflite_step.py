@@ -92,8 +92,11 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
                 value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
                 outputs[f"h_{k}_out"] = value
                 k += 1
-            elif isinstance(layer, GRULayer):
-                value = gru_cell(tf, layer, value, state[f"h_{k}"])
+            elif isinstance(layer, GRULayer):  # the window graph's GRU step, on TensorFlow ops
+                from .tflite_window import TFOps
+                from .window_graph import gru_cell
+
+                value = gru_cell(TFOps(tf), layer, value, state[f"h_{k}"])
                 outputs[f"h_{k}_out"] = value
                 k += 1
             elif isinstance(layer, DenseLayer):
@@ -108,29 +111,6 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     module = tf.Module()
     module.step = tf.function(step, input_signature=specs)
     return module.step.get_concrete_function(), module
-
-
-def gru_cell(tf, layer: GRULayer, x, h):
-    """One GRU step from FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD and SUB.
-
-    ``h' = z h + (1 - z) hh`` is computed as ``hh + z (h - hh)``: one MUL fewer, and no
-    ``1 - z`` constant for the quantizer to place.
-    """
-    units = layer.units
-    gate, act = layer.recurrent_activation, layer.activation
-    z_in, r_in, h_in = tf.split(tf.matmul(x, tf.constant(layer.kernel)) + tf.constant(layer.bias), 3, axis=1)
-    if layer.reset_after:
-        from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel)) + tf.constant(layer.recurrent_bias)
-        z_h, r_h, h_h = tf.split(from_state, 3, axis=1)
-        z = _activation(tf, gate, z_in + z_h)
-        r = _activation(tf, gate, r_in + r_h)
-        candidate = _activation(tf, act, h_in + r * h_h)
-    else:
-        z_h, r_h = tf.split(tf.matmul(h, tf.constant(layer.recurrent_kernel[:, : 2 * units])), 2, axis=1)
-        z = _activation(tf, gate, z_in + z_h)
-        r = _activation(tf, gate, r_in + r_h)
-        candidate = _activation(tf, act, h_in + tf.matmul(r * h, tf.constant(layer.recurrent_kernel[:, 2 * units :])))
-    return candidate + z * (h - candidate)
 
 
 def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
