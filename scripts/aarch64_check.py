@@ -12,7 +12,9 @@ This one file runs on both sides: natively on the workstation, then under
 ``run`` loads DIR/step_int8.tflite with edgelstm's ``TFLiteStepper`` (one thread), feeds
 ``numpy.random.default_rng(0)`` normal values of shape (steps, n_features), and saves per
 step the quantized int8 input, the raw int8 ``y`` tensor and the float ``y`` returned,
-plus the final raw state. ``compare`` checks every array with ``numpy.array_equal``.
+plus the final raw state. A window-model bundle (DIR/window_int8.tflite, no step model) is
+run with ``TFLiteWindowModel``, one sliding window of those values per step.
+``compare`` checks every array with ``numpy.array_equal``.
 
 Exit codes: 0 pass (or run done), 1 mismatch, 2 setup failure (one line: ``SETUP FAILED: ...``).
 """
@@ -30,6 +32,7 @@ import traceback
 T_START = time.perf_counter()
 
 MODEL_FILE = "step_int8.tflite"
+WINDOW_MODEL_FILE = "window_int8.tflite"  # a window-model bundle (e.g. the C-MAPSS autoencoder)
 
 
 def setup_failed(reason: str, detail: str | None = None) -> int:
@@ -84,14 +87,17 @@ def cmd_run(args) -> int:
         import numpy as np
     except Exception as exc:  # noqa: BLE001
         return setup_failed(_import_failure("import numpy", exc), traceback.format_exc())
+    window_model = not os.path.isfile(os.path.join(args.bundle, MODEL_FILE))
+    class_name = "TFLiteWindowModel" if window_model else "TFLiteStepper"
     try:
-        from edgelstm.runtime.steppers import TFLiteStepper
+        if window_model:
+            from edgelstm.runtime.window_models import TFLiteWindowModel as model_class
+        else:
+            from edgelstm.runtime.steppers import TFLiteStepper as model_class
     except Exception as exc:  # noqa: BLE001
-        return setup_failed(
-            _import_failure("from edgelstm.runtime.steppers import TFLiteStepper", exc), traceback.format_exc()
-        )
+        return setup_failed(_import_failure(f"importing edgelstm's {class_name}", exc), traceback.format_exc())
 
-    model = os.path.join(args.bundle, MODEL_FILE)
+    model = os.path.join(args.bundle, WINDOW_MODEL_FILE if window_model else MODEL_FILE)
     if not os.path.isfile(model):
         return setup_failed(f"{model} does not exist")
     t_load = time.perf_counter()
@@ -99,31 +105,34 @@ def cmd_run(args) -> int:
         kwargs = {"threads": 1}
         if args.interpreter:
             kwargs["interpreter"] = args.interpreter
-        stepper = TFLiteStepper(model, **kwargs)
+        stepper = model_class(model, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        return setup_failed(_import_failure(f"TFLiteStepper({model!r})", exc), traceback.format_exc())
+        return setup_failed(_import_failure(f"{class_name}({model!r})", exc), traceback.format_exc())
     t_loaded = time.perf_counter()
 
     module = type(stepper.interpreter).__module__
     dist, version = _dist_version(module)
-    n_features = int(stepper.inputs["x"]["shape"][1])
+    n_features = int(stepper.inputs["x"]["shape"][-1])
     batch = int(stepper.inputs["x"]["shape"][0])
-    x = np.random.default_rng(args.seed).standard_normal((args.steps, n_features)).astype(np.float32)
+    length = stepper.window if window_model else 1
+    x = np.random.default_rng(args.seed).standard_normal((args.steps + length - 1, n_features)).astype(np.float32)
 
     x_q, y_raw, y_float = [], [], []
     try:
         stepper.reset()
         t_steps = time.perf_counter()
-        for t in range(args.steps):
-            xt = np.repeat(x[t : t + 1], batch, axis=0)
-            y = stepper.step(xt)
+        for t in range(args.steps):  # a window model gets the window ending at step t, as the runtime feeds it
+            if window_model:
+                y = stepper.run(np.repeat(x[None, t : t + length], batch, axis=0))
+            else:
+                y = stepper.step(np.repeat(x[t : t + 1], batch, axis=0))
             x_q.append(stepper._x.copy())  # the quantized input the interpreter saw
             y_raw.append(stepper._y.copy())  # the interpreter's own int8 y tensor
             y_float.append(np.array(y, dtype=np.float32, copy=True))
         t_done = time.perf_counter()
         state = raw_state(stepper)
     except Exception as exc:  # noqa: BLE001
-        return setup_failed(_import_failure("stepping the model with TFLiteStepper", exc), traceback.format_exc())
+        return setup_failed(_import_failure(f"stepping the model with {class_name}", exc), traceback.format_exc())
 
     meta = {
         "label": args.label or platform.machine(),

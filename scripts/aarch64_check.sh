@@ -3,7 +3,8 @@
 #
 #   bash scripts/aarch64_check.sh [--cpu CPU]... [--steps N] [--keep] [BUNDLE_DIR]
 #
-# Without BUNDLE_DIR it converts the shipped C-MAPSS example to int8 TFLite (`edgelstm convert`, ~10 s).
+# Without BUNDLE_DIR it converts the shipped C-MAPSS example to int8 TFLite (`edgelstm convert`, ~10 s),
+# and the shipped autoencoder (a window model: window_int8.tflite, checked the same way, one window per step).
 # Then it runs scripts/aarch64_check.py on DIR/step_int8.tflite natively (x86-64) and under
 # `qemu-aarch64-static -cpu cortex-a72` (Pi 4) and `-cpu cortex-a76` (Pi 5): 500 steps of
 # default_rng(0) normal inputs, one thread, edgelstm's TFLiteStepper, and compares the raw int8
@@ -47,6 +48,7 @@ PYVER=3.11              # bookworm's python3.11
 STEPS=500
 KEEP=0
 BUNDLE=""
+WINDOW_BUNDLE=""
 CPUS=()
 
 die() { echo "SETUP FAILED: $*"; exit 2; }
@@ -218,16 +220,20 @@ if [ -z "$BUNDLE" ]; then
         --formats tflite --quant int8 --long-steps 1000 --out "$BUNDLE" --quiet > "$WORK/demo.log" 2>&1 ||
         { KEEP=1; die "python -m edgelstm convert failed: $(grep -v '^ ' "$WORK/demo.log" | tail -n1) (log: $WORK/demo.log)"; }
     [ -f "$BUNDLE/step_int8.tflite" ] || { KEEP=1; die "python -m edgelstm convert wrote no step_int8.tflite (log: $WORK/demo.log)"; }
+    WINDOW_BUNDLE="$WORK/window_bundle"  # and a window model: the shipped C-MAPSS autoencoder
+    "${X86_ENV[@]}" "$PY" -m edgelstm convert "$REPO/examples/cmapss_fd001_autoencoder.keras" \
+        --calibration "$REPO/calibration/cmapss_fd001_healthy.npz" \
+        --scaler "$REPO/examples/cmapss_fd001_autoencoder.scaler.json" --formats tflite --quant int8 \
+        --window-samples 200 --eval-windows 100 --out "$WINDOW_BUNDLE" --quiet > "$WORK/window.log" 2>&1 ||
+        { KEEP=1; die "python -m edgelstm convert of the autoencoder failed: $(grep -v '^ ' "$WORK/window.log" | tail -n1) (log: $WORK/window.log)"; }
     DEMO_S=$(elapsed "$T_DEMO")
-    echo "bundle: the shipped C-MAPSS example converted in ${DEMO_S} s"
+    echo "bundles: the shipped C-MAPSS example and autoencoder converted in ${DEMO_S} s"
 else
     echo "bundle: $BUNDLE"
 fi
 
 # ---------------------------------------------------------------- runs
 T_RUNS=$EPOCHREALTIME
-RUN_ARGS=(run --bundle "$BUNDLE" --steps "$STEPS")
-[ -n "$INTERP" ] && RUN_ARGS+=(--interpreter "$INTERP")
 
 run_or_die() {  # run_or_die NAME COMMAND...: run, show its stdout; exit 2 when it fails
     local name=$1; shift
@@ -241,32 +247,40 @@ run_or_die() {  # run_or_die NAME COMMAND...: run, show its stdout; exit 2 when 
     fi
 }
 
-run_or_die x86_64 "${X86_ENV[@]}" "$PY" "$CHECK_PY" "${RUN_ARGS[@]}" --out "$WORK/x86_64.npz" --label x86_64
-
-
 mkdir -p "$CACHE/pycache-aarch64"
 RESULTS=()
 WORST=0
-for cpu in "${CPUS[@]}"; do
-    if ! grep -qx "  *$cpu" <<< "$QEMU_CPUS"; then
-        echo "SKIP aarch64 $cpu: not supported by $QEMU_VERSION"
-        RESULTS+=("$cpu SKIP")
-        continue
-    fi
-    cpuinfo_for "$cpu" > "$ROOTFS/proc/cpuinfo"
-    label="aarch64 $cpu"
-    run_or_die "$cpu" env -i PATH=/usr/bin:/bin HOME="$HOME" LANG=C.UTF-8 \
-        PYTHONPATH="$SITE:$REPO" PYTHONNOUSERSITE=1 PYTHONPYCACHEPREFIX="$CACHE/pycache-aarch64" \
-        "$QEMU" -cpu "$cpu" -L "$ROOTFS" "$ROOTFS/usr/bin/python3.11" "$CHECK_PY" "${RUN_ARGS[@]}" \
-        --out "$WORK/$cpu.npz" --label "$label"
-    "$PY" "$CHECK_PY" compare "$WORK/x86_64.npz" "$WORK/$cpu.npz"
-    rc=$?
-    case $rc in
-        0) RESULTS+=("$cpu PASS") ;;
-        1) RESULTS+=("$cpu FAIL"); KEEP=1; [ $WORST -lt 1 ] && WORST=1 ;;
-        *) KEEP=1; exit 2 ;;
-    esac
-done
+check_bundle() {  # check_bundle DIR TAG: x86-64 run, then each emulated CPU, compared bit for bit
+    local dir=$1 tag=$2 cpu label rc
+    local run_args=(run --bundle "$dir" --steps "$STEPS")
+    [ -n "$INTERP" ] && run_args+=(--interpreter "$INTERP")
+    run_or_die "x86_64$tag" "${X86_ENV[@]}" "$PY" "$CHECK_PY" "${run_args[@]}" --out "$WORK/x86_64$tag.npz" --label "x86_64$tag"
+    for cpu in "${CPUS[@]}"; do
+        if ! grep -qx "  *$cpu" <<< "$QEMU_CPUS"; then
+            echo "SKIP aarch64 $cpu: not supported by $QEMU_VERSION"
+            RESULTS+=("$cpu$tag SKIP")
+            continue
+        fi
+        cpuinfo_for "$cpu" > "$ROOTFS/proc/cpuinfo"
+        label="aarch64 $cpu$tag"
+        run_or_die "$cpu$tag" env -i PATH=/usr/bin:/bin HOME="$HOME" LANG=C.UTF-8 \
+            PYTHONPATH="$SITE:$REPO" PYTHONNOUSERSITE=1 PYTHONPYCACHEPREFIX="$CACHE/pycache-aarch64" \
+            "$QEMU" -cpu "$cpu" -L "$ROOTFS" "$ROOTFS/usr/bin/python3.11" "$CHECK_PY" "${run_args[@]}" \
+            --out "$WORK/$cpu$tag.npz" --label "$label"
+        "$PY" "$CHECK_PY" compare "$WORK/x86_64$tag.npz" "$WORK/$cpu$tag.npz"
+        rc=$?
+        case $rc in
+            0) RESULTS+=("$cpu$tag PASS") ;;
+            1) RESULTS+=("$cpu$tag FAIL"); KEEP=1; [ $WORST -lt 1 ] && WORST=1 ;;
+            *) KEEP=1; exit 2 ;;
+        esac
+    done
+}
+
+check_bundle "$BUNDLE" ""
+if [ -n "$WINDOW_BUNDLE" ]; then
+    check_bundle "$WINDOW_BUNDLE" " (window model)"
+fi
 RUNS_S=$(elapsed "$T_RUNS")
 
 PASSED=0
@@ -274,6 +288,6 @@ for r in "${RESULTS[@]}"; do [ "${r##* }" = PASS ] && PASSED=$((PASSED + 1)); do
 [ $PASSED -gt 0 ] || [ $WORST -gt 0 ] || die "no aarch64 CPU could be emulated (${CPUS[*]})"
 VERDICT=PASS
 [ $WORST -eq 0 ] || VERDICT=FAIL
-echo "RESULT: $VERDICT [$(IFS=','; echo "${RESULTS[*]}" | sed 's/,/, /g')] int8 y of $STEPS steps + final state, aarch64 vs x86_64;" \
+echo "RESULT: $VERDICT [$(IFS=','; echo "${RESULTS[*]}" | sed 's/,/, /g')] int8 y of $STEPS steps (+ final state), aarch64 vs x86_64;" \
      "wall time $(elapsed "$T0") s (setup $SETUP_S s, demo $DEMO_S s, runs $RUNS_S s)"
 exit $WORST
