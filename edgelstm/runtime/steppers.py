@@ -98,6 +98,28 @@ def state_order(names) -> list:
     return sorted(states, key=key)
 
 
+def open_interpreter(model_path, threads: int = 1, interpreter: str | None = None, delegates=None, batch: int | None = None):
+    """A TFLite interpreter for ``model_path`` with every signature input's batch dimension
+    resized to ``batch`` and tensors allocated; returns ``(engine, engine version, interpreter)``.
+
+    The resize happens before any signature runner exists: a runner would pin the tensors."""
+    engine, module = tflite_interpreter_module(interpreter)
+    version = getattr(module, "__version__", None) or _package_version(engine)
+    kwargs = {"model_path": str(model_path), "num_threads": threads}
+    if delegates:
+        kwargs["experimental_delegates"] = delegates
+    opened = module.Interpreter(**kwargs)
+    if batch is not None:
+        inputs = next(iter(opened._get_full_signature_list().values()))["inputs"]  # name -> tensor index
+        shapes = {d["index"]: d["shape"] for d in opened.get_tensor_details()}
+        for index in inputs.values():
+            shape = shapes[index]
+            if int(shape[0]) != batch:
+                opened.resize_tensor_input(index, [batch] + [int(v) for v in shape[1:]], strict=False)
+    opened.allocate_tensors()
+    return engine, version, opened
+
+
 class _Stepper:
     """What every stepper shares: state bookkeeping and the float view of the state."""
 
@@ -137,21 +159,7 @@ class TFLiteStepper(_Stepper):
     """A TFLite step model driven through views on the interpreter's buffers."""
 
     def __init__(self, model_path, threads: int = 1, interpreter: str | None = None, delegates=None, batch: int | None = None):
-        self.engine, module = tflite_interpreter_module(interpreter)
-        self.engine_version = getattr(module, "__version__", None) or _package_version(self.engine)
-        kwargs = {"model_path": str(model_path), "num_threads": threads}
-        if delegates:
-            kwargs["experimental_delegates"] = delegates
-        self.interpreter = module.Interpreter(**kwargs)
-        if batch is not None:
-            signature = self.interpreter._get_full_signature_list()
-            inputs = next(iter(signature.values()))["inputs"]  # name -> tensor index
-            shapes = {d["index"]: d["shape"] for d in self.interpreter.get_tensor_details()}
-            for index in inputs.values():
-                shape = shapes[index]
-                if int(shape[0]) != batch:
-                    self.interpreter.resize_tensor_input(index, [batch] + [int(v) for v in shape[1:]], strict=False)
-        self.interpreter.allocate_tensors()
+        self.engine, self.engine_version, self.interpreter = open_interpreter(model_path, threads, interpreter, delegates, batch)
         runner = self.interpreter.get_signature_runner()
         self.inputs = runner.get_input_details()
         self.outputs = runner.get_output_details()

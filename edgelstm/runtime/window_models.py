@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .interpreters import tflite_interpreter_module
-from .steppers import _package_version
+from .steppers import TFLiteStepper, open_interpreter
 
 
 class _WindowModel:
@@ -41,18 +40,7 @@ class TFLiteWindowModel(_WindowModel):
     """A TFLite window model (float, or int8 with float or integer boundary)."""
 
     def __init__(self, model_path, threads: int = 1, interpreter: str | None = None, delegates=None, batch: int | None = None):
-        self.engine, module = tflite_interpreter_module(interpreter)
-        self.engine_version = getattr(module, "__version__", None) or _package_version(self.engine)
-        kwargs = {"model_path": str(model_path), "num_threads": threads}
-        if delegates:
-            kwargs["experimental_delegates"] = delegates
-        self.interpreter = module.Interpreter(**kwargs)
-        if batch is not None:  # before any signature runner exists: it would pin the tensors
-            x_index = next(iter(self.interpreter._get_full_signature_list().values()))["inputs"]["x"]
-            shape = next(d["shape"] for d in self.interpreter.get_tensor_details() if d["index"] == x_index)
-            if int(shape[0]) != batch:
-                self.interpreter.resize_tensor_input(x_index, [batch] + [int(v) for v in shape[1:]], strict=False)
-        self.interpreter.allocate_tensors()
+        self.engine, self.engine_version, self.interpreter = open_interpreter(model_path, threads, interpreter, delegates, batch)
         runner = self.interpreter.get_signature_runner()
         self.inputs = runner.get_input_details()
         self.outputs = runner.get_output_details()
@@ -91,12 +79,7 @@ class TFLiteWindowModel(_WindowModel):
     def invoke(self) -> None:
         self._invoke()
 
-    def ops(self) -> list:
-        seen = []
-        for op in self.interpreter._get_ops_details():
-            if op["op_name"] not in seen and op["op_name"] != "DELEGATE":
-                seen.append(op["op_name"])
-        return seen
+    ops = TFLiteStepper.ops  # builtin op names in graph order: the same question of the same interpreter
 
 
 class OnnxWindowModel(_WindowModel):
