@@ -76,7 +76,15 @@ def test_text_classifier_with_embedding_streams_token_ids(keras, tmp_path, rng):
             y = runtime.step(int(token))
         assert np.max(np.abs(y - expected)) <= 1e-5, backend
     int8 = edgelstm.load(tmp_path / "b")
-    assert np.isfinite(int8.run(tokens.reshape(-1, 1))).all()
+    outputs = int8.run(tokens.reshape(-1, 1))
+    assert np.isfinite(outputs).all() and outputs.shape == (25, 1)
+    int8.reset()
+    np.testing.assert_array_equal(int8.run(tokens), outputs)  # (T,) ids: the same stream
+    two = edgelstm.load(tmp_path / "b", streams=2).run(np.stack([tokens, tokens[::-1]], axis=1))
+    assert two.shape == (25, 2, 1)
+    np.testing.assert_array_equal(two[:, 0], outputs)
+    with pytest.raises(InputError, match=r"expected \(T,\) or \(T, 2\)"):
+        edgelstm.load(tmp_path / "b", streams=2).run(tokens)
     with pytest.raises(InputError, match="token id 10000 is out of range 0..9999"):
         int8.step(10000)
     with pytest.raises(InputError, match="token id -1 is out of range"):

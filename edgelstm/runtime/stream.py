@@ -454,12 +454,19 @@ class StreamRuntime:
         return y[:, -1] if y.ndim == 3 else y
 
     def run(self, sequence) -> np.ndarray:
-        """Step through a whole array: ``(T, features)`` (one stream) or ``(T, streams, features)``.
+        """Step through a whole array: ``(T, features)`` (one stream) or ``(T, streams, features)``;
+        a token model takes ``(T,)`` or ``(T, 1)`` ids (one stream) or ``(T, streams)``.
 
         Returns a new array of outputs ``(T, outputs)`` or ``(T, streams, outputs)``.
         """
         sequence = np.asarray(sequence)
-        shape = (len(sequence), self.output_size) if sequence.ndim == 2 else (len(sequence), self.streams, self.output_size)
+        if self.vocabulary:  # ids: one per stream and step
+            sequence = sequence.reshape(len(sequence), -1)
+            if sequence.shape[1] != self.streams:
+                raise InputError(f"token ids of shape {np.shape(sequence)}: expected (T,) or (T, {self.streams}) for {self.streams} stream(s)")
+            sequence = sequence[:, 0, None] if self.streams == 1 else sequence
+        one_stream = sequence.ndim == 2 and (self.streams == 1 or self.vocabulary is None)
+        shape = (len(sequence), self.output_size) if one_stream else (len(sequence), self.streams, self.output_size)
         out = np.empty(shape, np.float32)
         for t in range(len(sequence)):
             out[t] = self.step(sequence[t])
