@@ -68,7 +68,7 @@ cached per ring position (at most ``4 * window``); nothing grows with the readin
 Measured, ``python bench/monitor.py`` (the example C-MAPSS bundle, int8 LiteRT, one stream,
 alternating rounds; a 2-vCPU VM shared with other jobs): ``step()`` 6.3 to 7.0 us without
 monitoring; with it +6 % to +9 % in 19 of 20 runs (median +7 %), one run +18 % under a burst of
-load (before this design: +38 % to +42 %). Per call, in CPU time: 1.1 us for the every-10
+load (before this design: +38 % to +42 %); +8 % in three runs after the repaired-sensor rule. Per call, in CPU time: 1.1 us for the every-10
 evaluation, 1.8 us for the once-per-window check, 2.9 us for :meth:`evaluate` (both).
 Four streams (the same readings four at a time, paired rounds in CPU time): +9 % (before: +33 %).
 Detection with the defaults on the C-MAPSS FD001 test engines (``tests/test_monitor.py``):
