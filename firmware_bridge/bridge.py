@@ -267,6 +267,7 @@ class Bridge:
     def _handle(self, frame, arrived_ns: int) -> None:
         with self.lock:
             start = time.perf_counter()
+            rejected_before = self.runtime.counters["rejected"]
             try:
                 y = self.runtime.step(frame.values)
             except Exception as exc:  # the runtime's InputError under the "error" policy, and anything else
@@ -276,13 +277,18 @@ class Bridge:
             elapsed = time.perf_counter() - start
             values = [float(v) for v in np.ravel(y)]
             monitor_events = self.runtime.events()
-        if values and values[0] != values[0]:  # NaN: the runtime skipped a bad reading
+            skipped = self.runtime.counters["rejected"] != rejected_before
+        if values and values[0] != values[0] and skipped:  # NaN: the runtime skipped a bad reading
             self.stats.readings_rejected += 1
             self._emit({"event": "rejected", "device": self.device, "seq": frame.sequence, "reason": "bad reading skipped"})
             return
         stats = self.stats
         stats.readings_stepped += 1
         stats.last_good_reading = time.time()
+        if values and values[0] != values[0]:  # a good reading, but the runtime's window is still filling
+            self._emit({"event": "filling", "device": self.device, "seq": frame.sequence,
+                        "window": self.runtime.window, "time": stats.last_good_reading})
+            return
         event = {
             "event": "prediction", "device": self.device, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
             "time": stats.last_good_reading, "y": values, "step_us": elapsed * 1e6, "arrived_ns": arrived_ns,

@@ -89,6 +89,23 @@ def test_loop_url_and_int16_frames(cmapss_bundle, units):
     assert np.allclose([e["y"][0] for e in sink.predictions()], expected)
 
 
+def test_window_mode_filling_is_not_rejection(cmapss_bundle, units):
+    """In window mode the runtime outputs NaN until its window is full: those readings are
+    stepped (a "filling" event), not rejected, and predictions follow from the window-th on."""
+    runtime = edgelstm.load(cmapss_bundle, window=5)
+    sink = ListSink()
+    bridge = _start(Bridge("loop://", runtime, sinks=[sink]))
+    engine = units[0][:12]
+    for i, values in enumerate(engine):
+        bridge._port.write(encode_frame(i, i * 1000, values))
+    assert bridge.wait(lambda: len(sink.predictions()) == 8, 5)
+    bridge.stop()
+    assert [e["seq"] for e in sink.events if e["event"] == "filling"] == [0, 1, 2, 3]
+    assert bridge.stats.readings_rejected == 0 and bridge.stats.readings_stepped == 12
+    expected = edgelstm.load(cmapss_bundle, window=5).run(engine.astype(np.float32))[4:, 0]
+    assert np.allclose([e["y"][0] for e in sink.predictions()], expected)
+
+
 def test_csv_protocol_over_pty(cmapss_bundle, units):
     runtime = edgelstm.load(cmapss_bundle)
     sink = ListSink()
