@@ -21,9 +21,9 @@ def inspect_path(path, target: str | None = None) -> dict:
         result = _inspect_bundle(path)
     elif path.suffix == ".tflite":
         result = _inspect_tflite(path)
-    elif path.suffix == ".onnx":
+    elif path.suffix == ".onnx" and not _has_recurrent_ops(path):  # an exported step or window model
         result = _inspect_onnx(path)
-    else:
+    else:  # a source model, ONNX from torch included: what the converter would make of it
         from .importers import load_network, sniff_format
 
         network = load_network(path)
@@ -36,6 +36,18 @@ def inspect_path(path, target: str | None = None) -> dict:
         if profile.edgetpu_check:
             result["edgetpu"] = _edgetpu_for(path, result)
     return result
+
+
+def _has_recurrent_ops(path: Path) -> bool:
+    """Whether an ONNX file holds LSTM or GRU ops (a model to convert, e.g. a torch export) rather
+    than an edgelstm export, whose recurrence is written out in MatMul, Sigmoid, Tanh, ..."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # unreadable: the model importer names the problem
+        return True
+    return any(node.op_type in ("LSTM", "GRU") for node in graph.node)
 
 
 def _edgetpu_for(path: Path, result: dict) -> dict:

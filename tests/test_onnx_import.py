@@ -332,6 +332,13 @@ def test_sniffed_by_content(tmp_path):
     _export(_build("gru_last_step"), path, dynamo=False)
     assert sniff_format(path) == "onnx"
     assert isinstance(load_network(path).layers[0], GRULayer)
+    # `edgelstm inspect` describes a torch export as the model it is (an edgelstm export: its ops)
+    from .conftest import run_cli
+
+    onnx_path = tmp_path / "model.onnx"
+    path.rename(onnx_path)
+    text = run_cli("inspect", onnx_path).stdout
+    assert "step model" in text and "gru" in text and "state: h_0(8)" in text, text
 
 
 # ------------------------------------------------------------------------------------------------
