@@ -35,8 +35,24 @@ from .errors import UnsupportedLayerError
 GATE_ORDER = ("i", "f", "g", "o")
 
 
+class _RecurrentSizes:
+    """Sizes shared by the recurrent layers: ``kernel`` is (input, gates * units), ``recurrent_kernel`` (units, ...)."""
+
+    @property
+    def units(self) -> int:
+        return int(self.recurrent_kernel.shape[0])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def output_size(self) -> int:
+        return self.units
+
+
 @dataclass
-class LSTMLayer:
+class LSTMLayer(_RecurrentSizes):
     """One LSTM layer: ``z = x W + h U + b``; gates split from ``z`` in :data:`GATE_ORDER`."""
 
     name: str
@@ -51,18 +67,6 @@ class LSTMLayer:
     kind = "lstm"
     gates = 4
     state_kinds = ("h", "c")
-
-    @property
-    def units(self) -> int:
-        return int(self.recurrent_kernel.shape[0])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.kernel.shape[0])
-
-    @property
-    def output_size(self) -> int:
-        return self.units
 
     @property
     def parameter_count(self) -> int:
@@ -83,7 +87,7 @@ class LSTMLayer:
 
 
 @dataclass
-class GRULayer:
+class GRULayer(_RecurrentSizes):
     """One GRU layer, gates ``z, r, h`` (update, reset, candidate) in the weight columns.
 
     ``reset_after=True`` (Keras 3's default, and torch's and ONNX's ``linear_before_reset``)::
@@ -110,18 +114,6 @@ class GRULayer:
     kind = "gru"
     gates = 3
     state_kinds = ("h",)
-
-    @property
-    def units(self) -> int:
-        return int(self.recurrent_kernel.shape[0])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.kernel.shape[0])
-
-    @property
-    def output_size(self) -> int:
-        return self.units
 
     @property
     def parameter_count(self) -> int:

@@ -271,19 +271,23 @@ class TFLiteStepper(_Stepper):
 
 
 
+def open_session(model_path, threads: int = 1) -> tuple:
+    """An onnxruntime CPU session with ``threads`` intra-op threads; returns ``(version, session)``."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.__version__, onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxStepper(_Stepper):
     """An ONNX step model (float32 or QDQ int8) run with onnxruntime; state kept as float32."""
 
     engine = "onnxruntime"
 
     def __init__(self, model_path, threads: int = 1, batch: int | None = None):
-        import onnxruntime
-
-        self.engine_version = onnxruntime.__version__
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.engine_version, self.session = open_session(model_path, threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         declared = inputs["x"].shape[0]
         self.batch = batch or (declared if isinstance(declared, int) else 1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .steppers import TFLiteStepper, open_interpreter
+from .steppers import TFLiteStepper, open_interpreter, open_session
 
 
 class _WindowModel:
@@ -88,13 +88,7 @@ class OnnxWindowModel(_WindowModel):
     engine = "onnxruntime"
 
     def __init__(self, model_path, threads: int = 1, batch: int | None = None):
-        import onnxruntime
-
-        self.engine_version = onnxruntime.__version__
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.engine_version, self.session = open_session(model_path, threads)
         x = self.session.get_inputs()[0]
         self.batch = batch or 1
         self.window = int(x.shape[1])
