@@ -101,7 +101,7 @@ def b1(bundle, quick):
 def b2(bundle, step_us, quick):
     import keras
 
-    from edgelstm.network_file import load_network_file
+    from edgelstm.model.network_file import load_network_file
 
     manifest = edgelstm.load(bundle).bundle.manifest
     network = load_network_file(bundle / "network.npz", manifest["network"])

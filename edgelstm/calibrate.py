@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .network import Network
-from .reference import Reference
+from edgelstm.model.network import Network
+from edgelstm.model.reference import Reference
 
 
 @dataclass

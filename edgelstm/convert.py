@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, edgetpu, fidelity
+from . import __version__
+from . import edgetpu, fidelity
 from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
 from .calibrate import record
 from .calibration import load_calibration
@@ -32,7 +33,7 @@ from .errors import CalibrationError, ConversionError
 from .export.state_plan import StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
-from .network_file import save_network
+from edgelstm.model.network_file import save_network
 from .normalization import Normalization
 from .targets import load_target
 

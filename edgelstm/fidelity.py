@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .reference import Reference
+from edgelstm.model.reference import Reference
 
 LONG_STREAM_STEPS = 10_000
 BLOCKS = 10
@@ -174,7 +174,7 @@ def reconstruction_error(outputs: np.ndarray, normalized_windows: np.ndarray) ->
 def build_window_report(network, models: dict, held_out_windows: np.ndarray, normalization, progress=None) -> tuple:
     """Compare window models (name -> model taking raw windows) with the reference on
     held-out windows. Autoencoders also get the error of their anomaly score."""
-    from .reference import forward_sequence
+    from edgelstm.model.reference import forward_sequence
 
     token = network.input_kind == "token"
     normalized = held_out_windows if token else normalization.apply(held_out_windows)

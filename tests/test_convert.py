@@ -15,7 +15,7 @@ from edgelstm.calibration import load_cmapss
 from edgelstm.export import onnx_step, tflite_step
 from edgelstm.importers import load_network
 from edgelstm.normalization import Normalization
-from edgelstm.reference import Reference
+from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
 
 from .conftest import EXAMPLE_MODEL, TEST_SET, run_cli

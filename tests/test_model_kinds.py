@@ -12,7 +12,7 @@ import pytest
 import edgelstm
 from edgelstm.errors import UnsupportedLayerError
 from edgelstm.importers import load_network
-from edgelstm.reference import Reference
+from edgelstm.model.reference import Reference
 
 from .conftest import run_cli
 

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError  # noqa: E402
 from edgelstm.importers import load_network, sniff_format  # noqa: E402
-from edgelstm.network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer  # noqa: E402
-from edgelstm.reference import Reference  # noqa: E402
+from edgelstm.model.network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer  # noqa: E402
+from edgelstm.model.reference import Reference  # noqa: E402
 
 TOLERANCE = 1e-5
 FEATURES = 4

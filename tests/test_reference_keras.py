@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgelstm.importers import load_network
-from edgelstm.reference import Reference
+from edgelstm.model.reference import Reference
 
 from .conftest import randomize_batchnorm
 

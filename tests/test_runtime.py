@@ -12,9 +12,9 @@ import pytest
 import edgelstm
 from edgelstm.calibration import load_cmapss
 from edgelstm.errors import BackendUnavailableError, BundleError, InputError
-from edgelstm.network_file import load_network_file
+from edgelstm.model.network_file import load_network_file
 from edgelstm.normalization import Normalization
-from edgelstm.reference import Reference
+from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import TFLiteStepper
 
 from .conftest import ROOT, TEST_SET, run_cli

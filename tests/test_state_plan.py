@@ -6,7 +6,7 @@ import numpy as np
 
 from edgelstm.export.state_plan import StatePlan, permuted_network, plan_states
 from edgelstm.importers import load_network
-from edgelstm.reference import Reference
+from edgelstm.model.reference import Reference
 
 
 def test_permuted_network_computes_the_same_function(keras, tmp_path, rng):

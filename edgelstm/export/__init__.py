@@ -1,4 +1,4 @@
-"""Exporters: a :class:`~edgelstm.network.Network` becomes step-model files.
+"""Exporters: a :class:`~edgelstm.model.network.Network` becomes step-model files.
 
 Workstation side only (TensorFlow, onnx, onnxruntime.quantization); the runtime never
 imports this package.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConversionError
-from ..network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
+from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
 
 OPSET = 17

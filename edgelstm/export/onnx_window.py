@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network import Network
+from edgelstm.model.network import Network
 from . import window_graph
 from .onnx_step import OPSET, _GraphBuilder
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
+from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 
 
 @dataclass

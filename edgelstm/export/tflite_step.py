@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..errors import ConversionError
-from ..network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
+from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")

@@ -15,7 +15,7 @@ import io as _io
 import numpy as np
 
 from ..errors import ConversionError
-from ..network import Network
+from edgelstm.model.network import Network
 from . import window_graph
 from .tflite_step import QUANT_MODES, _activation, _tf
 

@@ -6,7 +6,7 @@ over a fixed window of ``T`` timesteps. The graph is written once, here, against
 set of primitive operations (:class:`Ops`); :mod:`.tflite_window` gives them TensorFlow
 meaning (converted to FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD, SUB, SPLIT, RESHAPE,
 CONCATENATION, PACK, MAXIMUM: all int8 ops on the Edge TPU's list) and :mod:`.onnx_window`
-ONNX nodes. The lowering mirrors :func:`edgelstm.reference.forward_sequence` step for step.
+ONNX nodes. The lowering mirrors :func:`edgelstm.model.reference.forward_sequence` step for step.
 
 Unrolled, every timestep is its own set of ops: the window's input is split into ``T``
 tensors of ``(batch, features)`` and a sequence is a Python list of them. At ``t = 0`` the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
+from edgelstm.model.network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
                        Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 

@@ -1,4 +1,4 @@
-"""Model import: a model file, recognised by its content, becomes a :class:`~edgelstm.network.Network`.
+"""Model import: a model file, recognised by its content, becomes a :class:`~edgelstm.model.network.Network`.
 
 Formats are told apart by their first bytes, never by the file name: a Keras 2 HDF5 file
 saved under a ``.keras`` name loads as what it is.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelFormatError
-from ..network import Network
+from edgelstm.model.network import Network
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
+from edgelstm.model.network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
                        Network, Pooling1DLayer, RepeatVectorLayer, fold_affine_layers)
 
 #: Layers that are the identity at inference time.

@@ -1,4 +1,4 @@
-"""ONNX graphs exported from PyTorch (LSTM/GRU models), read into a :class:`~edgelstm.network.Network`.
+"""ONNX graphs exported from PyTorch (LSTM/GRU models), read into a :class:`~edgelstm.model.network.Network`.
 
 ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, and the ``torch.export``
 based one, ``dynamo=True``) turns ``nn.LSTM``/``nn.GRU`` into ONNX ``LSTM``/``GRU`` ops wrapped
@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedLayerError
-from ..network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer, Network, TimestepLayer
+from edgelstm.model.network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer, Network, TimestepLayer
 
 #: Ops that carry the model's computation.
 COMPUTE_OPS = ("LSTM", "GRU", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Softmax")

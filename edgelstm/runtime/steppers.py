@@ -327,7 +327,7 @@ class NumpyStepper(_Stepper):
     engine = "numpy"
 
     def __init__(self, network, batch: int = 1):
-        from ..reference import Reference
+        from edgelstm.model.reference import Reference
 
         self.engine_version = np.__version__
         self.reference = Reference(network)

@@ -172,7 +172,7 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
         return _open_window_model(bundle, backend, entry, threads, streams)
 
     if backend == "numpy":
-        from ..network_file import load_network_file
+        from edgelstm.model.network_file import load_network_file
 
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyStepper(network, batch=streams)
@@ -218,7 +218,7 @@ def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, 
     from .window_models import NumpyWindowModel, OnnxWindowModel
 
     if backend == "numpy":
-        from ..network_file import load_network_file
+        from edgelstm.model.network_file import load_network_file
 
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyWindowModel(network, batch=streams)

@@ -113,7 +113,7 @@ class NumpyWindowModel(_WindowModel):
     engine = "numpy"
 
     def __init__(self, network, batch: int = 1):
-        from ..reference import forward_sequence
+        from edgelstm.model.reference import forward_sequence
 
         self.engine_version = np.__version__
         self._forward = forward_sequence

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BundleError
+from edgelstm.errors import BundleError
 from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
                       Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 

@@ -29,7 +29,7 @@ from typing import Union
 import numpy as np
 
 from . import activations
-from .errors import UnsupportedLayerError
+from edgelstm.errors import UnsupportedLayerError
 
 #: Gate order of LSTM weight columns inside a Network.
 GATE_ORDER = ("i", "f", "g", "o")
