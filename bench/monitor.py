@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import edgelstm  # noqa: E402
-from edgelstm.profiler import readings  # noqa: E402
+from edgelstm.runtime.profiler import readings  # noqa: E402
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import edgelstm  # noqa: E402
 from edgelstm.calibration import load_cmapss  # noqa: E402
-from edgelstm.profiler import format_table, profile, readings  # noqa: E402
+from edgelstm.runtime.profiler import format_table, profile, readings  # noqa: E402
 
 
 def per_call_us(call, repeats: int, rounds: int = 5) -> float:

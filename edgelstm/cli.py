@@ -50,7 +50,7 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from .convert import ConvertOptions, convert
     from .fidelity import format_table
-    from .targets import QUANTS
+    from edgelstm.runtime.targets import QUANTS
 
     quant = list(QUANTS) if args.quant == ["all"] else args.quant
     options = ConvertOptions(
@@ -139,7 +139,7 @@ def _add_bundle_add(sub) -> None:
 
 
 def _run_bundle_add(args) -> int:
-    from .bundle import Bundle
+    from edgelstm.runtime.bundle import Bundle
 
     entry = Bundle.open(args.bundle).add_file(args.file)
     print(f"added {entry['file']} (sha256 {entry['sha256'][:12]}...) to {args.bundle}")
@@ -152,7 +152,7 @@ def _add_targets(sub) -> None:
 
 
 def _run_targets(args) -> int:
-    from .targets import list_targets, load_target
+    from edgelstm.runtime.targets import list_targets, load_target
 
     for name in list_targets():
         target = load_target(name)
@@ -194,7 +194,7 @@ def _add_profile(sub) -> None:
 
 
 def _run_profile(args) -> int:
-    from .profiler import format_table, plot, profile, write_json
+    from edgelstm.runtime.profiler import format_table, plot, profile, write_json
 
     backends = tuple(_csv_list(args.backend))
     result = profile(args.bundle, backends=backends, steps=args.steps, warmup=args.warmup,

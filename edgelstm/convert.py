@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from . import edgetpu, fidelity
-from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
+from edgelstm.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
 from .calibrate import record
 from .calibration import load_calibration
 from .errors import CalibrationError, ConversionError
@@ -34,8 +34,8 @@ from .export.state_plan import StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
 from edgelstm.model.network_file import save_network
-from .normalization import Normalization
-from .targets import load_target
+from edgelstm.runtime.normalization import Normalization
+from edgelstm.runtime.targets import load_target
 
 
 @dataclass

@@ -187,7 +187,7 @@ def _stream_engines(bundle: Path, count: int, rate: float, every: int) -> list:
 
 
 def _latency(bundle: Path) -> dict:
-    from .profiler import profile
+    from edgelstm.runtime.profiler import profile
 
     result = profile(bundle, backends=("litert",), steps=5000, warmup=500)
     rows = {row["kind"]: row for row in result["rows"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import edgetpu
-from .bundle import Bundle
+from edgelstm.runtime.bundle import Bundle
 from .errors import ModelFormatError
 
 
@@ -29,7 +29,7 @@ def inspect_path(path, target: str | None = None) -> dict:
         network = load_network(path)
         result = {"kind": "model", "path": str(path), "format": sniff_format(path), "network": network.describe(), "notes": network.notes}
     if target:
-        from .targets import load_target
+        from edgelstm.runtime.targets import load_target
 
         profile = load_target(target)
         result["target"] = profile.name

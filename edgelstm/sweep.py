@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .bundle import Bundle
+from edgelstm.runtime.bundle import Bundle
 
 
 def report_name(entry: dict) -> str:
@@ -20,7 +20,7 @@ def report_name(entry: dict) -> str:
 
 
 def sweep(bundle_path, steps: int = 2000) -> list:
-    from .profiler import readings
+    from edgelstm.runtime.profiler import readings
     from .runtime.stream import load
 
     bundle = Bundle.open(bundle_path)

@@ -37,7 +37,7 @@ rss = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS:"):
         rss = int(line.split()[1]) / 1024
-from edgelstm.targets import list_targets
+from edgelstm.runtime.targets import list_targets
 targets = list_targets()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "onnx", "h5py"))
 print(json.dumps({"import_edgelstm_ms": (t1 - t0) * 1e3, "load_bundle_ms": (t2 - t1) * 1e3, "rss_mb": rss,

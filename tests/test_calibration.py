@@ -11,7 +11,7 @@ from edgelstm.calibration import load_calibration, CMAPSS_FD001_SENSORS
 from edgelstm.calibrate import record
 from edgelstm.errors import CalibrationError
 from edgelstm.importers import load_network
-from edgelstm.normalization import Normalization
+from edgelstm.runtime.normalization import Normalization
 
 from .conftest import EXAMPLE_MODEL, RECIPE, TEST_SET
 

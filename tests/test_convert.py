@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgelstm.bundle import Bundle
+from edgelstm.runtime.bundle import Bundle
 from edgelstm.calibration import load_cmapss
 from edgelstm.export import onnx_step, tflite_step
 from edgelstm.importers import load_network
-from edgelstm.normalization import Normalization
+from edgelstm.runtime.normalization import Normalization
 from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
 

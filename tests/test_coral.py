@@ -19,10 +19,10 @@ import pytest
 
 import edgelstm
 from edgelstm import edgetpu
-from edgelstm.bundle import Bundle
+from edgelstm.runtime.bundle import Bundle
 from edgelstm.errors import BackendUnavailableError, BundleError
 from edgelstm.runtime.stream import _choose_model
-from edgelstm.targets import load_target
+from edgelstm.runtime.targets import load_target
 
 from .conftest import run_cli
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgelstm.bundle import Bundle
+from edgelstm.runtime.bundle import Bundle
 from edgelstm.errors import BundleError, CalibrationError, ModelFormatError, UnsupportedLayerError
 from edgelstm.importers import load_network
 

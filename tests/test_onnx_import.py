@@ -316,7 +316,7 @@ def test_dynamo_external_data(tmp_path):
     np.testing.assert_allclose(Reference(load_network(path)).predict(x), _torch_predict(model, x),
                                atol=TOLERANCE, rtol=TOLERANCE)
     # the converter hashes the weights file into the manifest too
-    from edgelstm.bundle import sha256_of
+    from edgelstm.runtime.bundle import sha256_of
     from edgelstm.convert import _external_data
 
     assert _external_data(path) == [{"file": "model.onnx.data", "sha256": sha256_of(tmp_path / "model.onnx.data")}]

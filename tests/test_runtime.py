@@ -13,7 +13,7 @@ import edgelstm
 from edgelstm.calibration import load_cmapss
 from edgelstm.errors import BackendUnavailableError, BundleError, InputError
 from edgelstm.model.network_file import load_network_file
-from edgelstm.normalization import Normalization
+from edgelstm.runtime.normalization import Normalization
 from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import TFLiteStepper
 
@@ -286,7 +286,7 @@ def test_a_failed_conversion_leaves_the_existing_bundle_untouched(cmapss_bundle,
 
     result = run_cli("convert", EXAMPLE_MODEL, "--calibration", tmp_path / "c13.npy", "--out", copy, check=False)
     assert result.returncode == 2
-    from edgelstm.bundle import Bundle
+    from edgelstm.runtime.bundle import Bundle
 
     Bundle.open(copy)  # still complete and verified
     assert not (tmp_path / ".bundle.partial").exists()

@@ -113,7 +113,7 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration import CMAPSS_FD001_SENSORS, load_cmapss
-from ..normalization import Normalization
+from edgelstm.runtime.normalization import Normalization
 
 RUL_CAP = 125
 DATA_DIR = Path(__file__).resolve().parents[2] / "calibration" / "cmapss_fd001"

@@ -78,7 +78,7 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration import CMAPSS_FD001_SENSORS, load_cmapss
-from ..normalization import Normalization
+from edgelstm.runtime.normalization import Normalization
 from .cmapss import data_dir, validation_split
 
 WINDOW = 30  # cycles per window (the RUL window model's, and FD001's shortest test engine has 31)

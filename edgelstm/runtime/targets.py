@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TargetError
+from edgelstm.errors import TargetError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,8 +23,8 @@ QUANTS = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 def targets_dir() -> Path:
     """Where the profiles are: the source tree's ``targets/`` or the installed copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "targets", here / "_targets"):
+    package = Path(__file__).resolve().parents[1]  # edgelstm/
+    for candidate in (package.parent / "targets", package / "_targets"):
         if candidate.is_dir():
             return candidate
     raise TargetError("target profiles not found (neither targets/ nor edgelstm/_targets)")

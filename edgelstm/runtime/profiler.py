@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
-from .runtime.interpreters import available_backends
-from .runtime.stream import BACKENDS, load
+from .interpreters import available_backends
+from .stream import BACKENDS, load
 
 PERCENTILES = (50, 90, 99, 99.9)
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BundleError
+from edgelstm.errors import BundleError
 
 SCHEMA = "edgelstm.bundle"
 SCHEMA_VERSION = 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CalibrationError
+from edgelstm.errors import CalibrationError
 
 KINDS = ("none", "zscore", "minmax")
 
