@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgelstm.calibration import CMAPSS_FD001_SENSORS, load_cmapss  # noqa: E402
+from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS, load_cmapss  # noqa: E402
 from edgelstm.recipes import cmapss_autoencoder as recipe  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "examples" / "cmapss_fd001_autoencoder.keras"

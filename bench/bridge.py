@@ -36,7 +36,7 @@ CHANNELS = 24
 def make_bundle(directory: Path) -> Path:
     import keras
 
-    from edgelstm.convert import ConvertOptions, convert
+    from edgelstm.convert.pipeline import ConvertOptions, convert
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((None, CHANNELS)), keras.layers.LSTM(64, return_sequences=True),

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgelstm.calibration import CMAPSS_FD001_SENSORS, load_cmapss  # noqa: E402
+from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS, load_cmapss  # noqa: E402
 from edgelstm.recipes.cmapss import scores, test_truth  # noqa: E402
 
 RECIPE = ROOT / "calibration" / "cmapss-fd001.json"

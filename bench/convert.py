@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgelstm.convert import ConvertOptions, convert  # noqa: E402
+from edgelstm.convert.pipeline import ConvertOptions, convert  # noqa: E402
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import edgelstm  # noqa: E402
-from edgelstm.convert import ConvertOptions, convert  # noqa: E402
+from edgelstm.convert.pipeline import ConvertOptions, convert  # noqa: E402
 
 
 def build(keras, rng):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import edgelstm  # noqa: E402
-from edgelstm.calibration import load_cmapss  # noqa: E402
+from edgelstm.convert.calibration_data import load_cmapss  # noqa: E402
 from edgelstm.runtime.profiler import format_table, profile, readings  # noqa: E402
 
 

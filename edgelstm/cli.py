@@ -48,8 +48,8 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> int:
-    from .convert import ConvertOptions, convert
-    from .fidelity import format_table
+    from edgelstm.convert.pipeline import ConvertOptions, convert
+    from edgelstm.convert.fidelity import format_table
     from edgelstm.runtime.targets import QUANTS
 
     quant = list(QUANTS) if args.quant == ["all"] else args.quant
@@ -94,7 +94,7 @@ def _run_convert(args) -> int:
     if (args.out / "report.png").exists():
         print(f"plot: {args.out / 'report.png'}")
     if len({m["quant"] for m in manifest["models"]}) > 1:
-        from .sweep import format_sweep, sweep
+        from edgelstm.convert.sweep import format_sweep, sweep
 
         print()
         print(format_sweep(sweep(args.out)))
@@ -120,7 +120,7 @@ def _add_inspect(sub) -> None:
 
 def _run_inspect(args) -> int:
     from .errors import TargetError
-    from .inspect import inspect_path, format_inspection
+    from edgelstm.convert.inspect import inspect_path, format_inspection
 
     result = inspect_path(args.path, target=args.target)
     if args.strict and "edgetpu" not in result:

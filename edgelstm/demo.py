@@ -82,8 +82,8 @@ def run_demo(out: Path, progress: bool = True, engines: int = 3, rate: float = 5
 
 
 def _convert(model_path: Path, scaler_path: Path, bundle: Path, progress: bool) -> None:
-    from .convert import ConvertOptions, convert
-    from .fidelity import format_table
+    from edgelstm.convert.pipeline import ConvertOptions, convert
+    from edgelstm.convert.fidelity import format_table
 
     options = ConvertOptions(model=model_path, calibration=RECIPE, scaler=scaler_path, eval_data=TEST_SET, out=bundle,
                              formats=["tflite", "onnx"], quant=["int8", "float32"], progress=progress)

@@ -135,7 +135,7 @@ class Simulator:
 
 def cmapss_units(units=None, split: str = "test") -> list:
     """C-MAPSS FD001 engines (14 sensors, raw units) from the shipped data."""
-    from edgelstm.calibration import load_cmapss
+    from edgelstm.convert.calibration_data import load_cmapss
     from edgelstm.recipes.cmapss import data_dir
 
     data = load_cmapss(data_dir() / f"{split}_FD001.txt")

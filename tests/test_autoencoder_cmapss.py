@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import edgelstm
-from edgelstm.calibration import CMAPSS_FD001_SENSORS, load_calibration, load_cmapss
+from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS, load_calibration, load_cmapss
 from edgelstm.recipes import cmapss_autoencoder as recipe
 
 from .conftest import ROOT, run_cli

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from edgelstm.calibration import load_calibration, CMAPSS_FD001_SENSORS
-from edgelstm.calibrate import record
+from edgelstm.convert.calibration_data import load_calibration, CMAPSS_FD001_SENSORS
+from edgelstm.convert.recording import record
 from edgelstm.errors import CalibrationError
-from edgelstm.importers import load_network
+from edgelstm.convert.importers import load_network
 from edgelstm.runtime.normalization import Normalization
 
 from .conftest import EXAMPLE_MODEL, RECIPE, TEST_SET

@@ -11,9 +11,9 @@ import pytest
 from onnx import numpy_helper
 
 from edgelstm.runtime.bundle import Bundle
-from edgelstm.calibration import load_cmapss
-from edgelstm.export import onnx_step, tflite_step
-from edgelstm.importers import load_network
+from edgelstm.convert.calibration_data import load_cmapss
+from edgelstm.convert.export import onnx_step, tflite_step
+from edgelstm.convert.importers import load_network
 from edgelstm.runtime.normalization import Normalization
 from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper

@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 import edgelstm
-from edgelstm import edgetpu
+from edgelstm.convert import edgetpu
 from edgelstm.runtime.bundle import Bundle
 from edgelstm.errors import BackendUnavailableError, BundleError
 from edgelstm.runtime.stream import _choose_model

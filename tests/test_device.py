@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from edgelstm.calibration import load_cmapss
+from edgelstm.convert.calibration_data import load_cmapss
 
 from .conftest import ROOT, TEST_SET, run_cli
 

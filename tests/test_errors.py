@@ -10,7 +10,7 @@ import pytest
 
 from edgelstm.runtime.bundle import Bundle
 from edgelstm.errors import BundleError, CalibrationError, ModelFormatError, UnsupportedLayerError
-from edgelstm.importers import load_network
+from edgelstm.convert.importers import load_network
 
 from .conftest import EXAMPLE_MODEL, RECIPE, run_cli
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgelstm.errors import UnsupportedLayerError
-from edgelstm.importers import load_network
+from edgelstm.convert.importers import load_network
 from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
 
 from .conftest import run_cli

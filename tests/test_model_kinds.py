@@ -11,7 +11,7 @@ import pytest
 
 import edgelstm
 from edgelstm.errors import UnsupportedLayerError
-from edgelstm.importers import load_network
+from edgelstm.convert.importers import load_network
 from edgelstm.model.reference import Reference
 
 from .conftest import run_cli
@@ -48,7 +48,7 @@ def test_window_model_float_exports_match_keras(keras, tmp_path, case):
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgelstm.export import onnx_window, tflite_window
+    from edgelstm.convert.export import onnx_window, tflite_window
 
     model = _randomize(keras.Sequential([keras.Input((T, F))] + _window_cases(keras)[case]))
     model.save(tmp_path / "m.keras")

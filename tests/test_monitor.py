@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import edgelstm
-from edgelstm.calibration import load_cmapss
+from edgelstm.convert.calibration_data import load_cmapss
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.protocol import encode_frame
 from firmware_bridge.sinks import PrometheusSink

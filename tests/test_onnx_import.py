@@ -22,7 +22,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError  # noqa: E402
-from edgelstm.importers import load_network, sniff_format  # noqa: E402
+from edgelstm.convert.importers import load_network, sniff_format  # noqa: E402
 from edgelstm.model.network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer  # noqa: E402
 from edgelstm.model.reference import Reference  # noqa: E402
 
@@ -317,7 +317,7 @@ def test_dynamo_external_data(tmp_path):
                                atol=TOLERANCE, rtol=TOLERANCE)
     # the converter hashes the weights file into the manifest too
     from edgelstm.runtime.bundle import sha256_of
-    from edgelstm.convert import _external_data
+    from edgelstm.convert.pipeline import _external_data
 
     assert _external_data(path) == [{"file": "model.onnx.data", "sha256": sha256_of(tmp_path / "model.onnx.data")}]
     # a damaged data file is named

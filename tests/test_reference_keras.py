@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgelstm.importers import load_network
+from edgelstm.convert.importers import load_network
 from edgelstm.model.reference import Reference
 
 from .conftest import randomize_batchnorm

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import edgelstm
-from edgelstm.calibration import load_cmapss
+from edgelstm.convert.calibration_data import load_cmapss
 from edgelstm.errors import BackendUnavailableError, BundleError, InputError
 from edgelstm.model.network_file import load_network_file
 from edgelstm.runtime.normalization import Normalization

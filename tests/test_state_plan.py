@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgelstm.export.state_plan import StatePlan, permuted_network, plan_states
-from edgelstm.importers import load_network
+from edgelstm.convert.export.state_plan import StatePlan, permuted_network, plan_states
+from edgelstm.convert.importers import load_network
 from edgelstm.model.reference import Reference
 
 

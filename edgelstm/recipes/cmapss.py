@@ -112,7 +112,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import CMAPSS_FD001_SENSORS, load_cmapss
+from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS, load_cmapss
 from edgelstm.runtime.normalization import Normalization
 
 RUL_CAP = 125

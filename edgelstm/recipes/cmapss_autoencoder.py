@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import CMAPSS_FD001_SENSORS, load_cmapss
+from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS, load_cmapss
 from edgelstm.runtime.normalization import Normalization
 from .cmapss import data_dir, validation_split
 

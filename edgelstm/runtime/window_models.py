@@ -1,7 +1,7 @@
 """Run a window model: the last ``T`` readings of each stream in, the model's output out.
 
 Window models (Bidirectional, autoencoders, Conv1D front ends; see
-:mod:`edgelstm.export.window_graph`) have no state to carry: the runtime keeps each
+:mod:`edgelstm.convert.export.window_graph`) have no state to carry: the runtime keeps each
 stream's last ``T`` readings in a ring and hands the whole window to :meth:`run` at every
 step. One class per engine, the same small interface:
 

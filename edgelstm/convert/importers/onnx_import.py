@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..errors import ModelFormatError, UnsupportedLayerError
+from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from edgelstm.model.network import BidirectionalLayer, DenseLayer, GRULayer, LSTMLayer, Network, TimestepLayer
 
 #: Ops that carry the model's computation.

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from edgelstm import __version__
 from . import edgetpu, fidelity
 from edgelstm.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
-from .calibrate import record
-from .calibration import load_calibration
-from .errors import CalibrationError, ConversionError
+from .recording import record
+from .calibration_data import load_calibration
+from edgelstm.errors import CalibrationError, ConversionError
 from .export.state_plan import StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
@@ -104,7 +104,7 @@ def _tool_versions() -> dict:
 def _tflite_tensors(path, model_class=None) -> tuple:
     """Tensor details (by signature name) and op names of a TFLite model, as the runtime sees them."""
     from .inspect import tensor_summary
-    from .runtime.steppers import TFLiteStepper
+    from edgelstm.runtime.steppers import TFLiteStepper
 
     stepper = (model_class or TFLiteStepper)(path)
     tensors = {}
@@ -370,7 +370,7 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
     if network.mode == "window":
         return _export_window(network, fmt, quant, io, samples, out, scratch, target)
     from .export import onnx_step, tflite_step
-    from .runtime.steppers import OnnxStepper
+    from edgelstm.runtime.steppers import OnnxStepper
 
     if fmt == "tflite":
         # Inputs stay normalised in every variant: one int8 grid for raw readings of sensors
@@ -409,7 +409,7 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
 def _export_window(network, fmt, quant, io, samples, out: Path, scratch: Path, target):
     """One window-model export (see :mod:`edgelstm.export.window_graph`)."""
     from .export import onnx_step, onnx_window, tflite_window
-    from .runtime.window_models import OnnxWindowModel, TFLiteWindowModel
+    from edgelstm.runtime.window_models import OnnxWindowModel, TFLiteWindowModel
 
     if fmt == "tflite":
         path = out / (f"window_{quant}_stream.tflite" if io == "stream" else f"window_{quant}.tflite")

@@ -21,7 +21,7 @@ def report_name(entry: dict) -> str:
 
 def sweep(bundle_path, steps: int = 2000) -> list:
     from edgelstm.runtime.profiler import readings
-    from .runtime.stream import load
+    from edgelstm.runtime.stream import load
 
     bundle = Bundle.open(bundle_path)
     report = json.loads((bundle.path / "report.json").read_text())

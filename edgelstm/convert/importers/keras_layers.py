@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ModelFormatError, UnsupportedLayerError
+from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from edgelstm.model.network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
                        Network, Pooling1DLayer, RepeatVectorLayer, fold_affine_layers)
 

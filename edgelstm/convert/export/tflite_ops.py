@@ -1,26 +1,61 @@
-"""TFLite window models: the unrolled window graph of :mod:`.window_graph` in TensorFlow ops.
+"""TensorFlow's side of the op interface: what both TFLite exporters (step and window) are written in.
 
-Input ``x`` is ``(batch, T, features)`` (token models: ``(batch, T)`` int32 ids), output
-``y`` is the source model's output for the window: ``(batch, outputs)`` or
-``(batch, T', outputs)``. Quantization variants as for step models. With ``io="stream"``
-an int8 model keeps float32 ``x`` and ``y`` (QUANTIZE / DEQUANTIZE inside the graph; there
-is no state to keep integer), with ``io="quantized"`` every boundary is int8 (the Edge TPU's form).
+:class:`TFOps` implements :class:`.window_graph.Ops` with TensorFlow ops, :func:`activation`
+maps an activation name onto the ops the converter turns into TFLite builtins, and
+:func:`convert_function` runs TensorFlow's converter once for every quantization variant.
+The step exporter (:mod:`.tflite_step`) and the window exporter (:mod:`.tflite_window`) both
+import this module and not each other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io as _io
+import os
 
 import numpy as np
 
-from ..errors import ConversionError
-from edgelstm.model.network import Network
+from edgelstm.errors import ConversionError
+
 from . import window_graph
-from .tflite_step import QUANT_MODES, _activation, _tf
+
+QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+def tensorflow():
+    """Import TensorFlow with its C++ log quietened (the converter is chatty)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+def activation(tf, name: str, value):
+    """``name`` applied to ``value`` in ops that TFLite has as int8 builtins."""
+    if name == "linear":
+        return value
+    if name == "relu":
+        return tf.nn.relu(value)
+    if name == "sigmoid":
+        return tf.sigmoid(value)
+    if name == "tanh":
+        return tf.tanh(value)
+    if name == "hard_sigmoid":  # relu6(x + 3) / 6: ADD, RELU6, MUL
+        return tf.nn.relu6(value + 3.0) * (1.0 / 6.0)
+    if name == "hard_sigmoid_keras2":  # clip(0.2 x + 0.5, 0, 1): MUL, ADD, RELU_0_TO_1
+        return tf.clip_by_value(value * 0.2 + 0.5, 0.0, 1.0)
+    if name == "swish":
+        return value * tf.sigmoid(value)
+    if name == "gelu":
+        return tf.nn.gelu(value, approximate=False)
+    if name == "softmax":
+        return tf.nn.softmax(value, axis=-1)
+    raise ConversionError(f"activation '{name}' has no TFLite mapping")
 
 
 class TFOps(window_graph.Ops):
+    """The op interface on TensorFlow tensors; each weight array becomes one constant."""
+
     def __init__(self, tf):
         self.tf = tf
         self._constants = {}  # content -> constant: one per weight array, however many steps use it
@@ -51,7 +86,7 @@ class TFOps(window_graph.Ops):
         return a + self.constant(np.asarray(vector, np.float32))
 
     def activation(self, name, value):
-        return _activation(self.tf, name, value)
+        return activation(self.tf, name, value)
 
     def split(self, value, parts):
         return self.tf.split(value, parts, axis=1)
@@ -66,71 +101,38 @@ class TFOps(window_graph.Ops):
         return self.tf.gather(self.constant(table), ids)
 
 
-def build_window_function(network: Network, batch: int = 1):
-    """A concrete ``tf.function`` over one window and the module that owns it."""
-    tf = _tf()
-    steps = network.window
-    token = network.input_kind == "token"
-    spec = (tf.TensorSpec([batch, steps], tf.int32, name="x") if token
-            else tf.TensorSpec([batch, steps, network.n_features], tf.float32, name="x"))
+def convert_function(function, module, quant: str, representative=None, io: str = "quantized",
+                     integer_input: bool = True, what: str = "") -> bytes:
+    """Run TensorFlow's converter on a concrete function for one quantization variant.
 
-    def window(x):
-        layers = network.layers
-        if token:  # one GATHER for the whole window: a table per step would be quantized once per step
-            table = layers[0].table
-            x = tf.gather(tf.constant(table), x)  # (batch, T, dim)
-            layers = layers[1:]
-        width = int(x.shape[-1])
-        parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
-        value = window_graph.lower_layers(layers, TFOps(tf), parts)
-        return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
-
-    module = tf.Module()
-    module.window = tf.function(window, input_signature=[spec], autograph=False)  # plain Python loops: no autograph
-    return module.window.get_concrete_function(), module
-
-
-_traced: dict = {}  # (id(network), batch) -> (network, function, module): one trace per network for all variants
-
-
-def _window_function(network: Network, batch: int):
-    key = (id(network), batch)
-    found = _traced.get(key)
-    if found is None or found[0] is not network:
-        _traced.clear()  # one network at a time: traces of large unrolled graphs are big
-        found = _traced[key] = (network, *build_window_function(network, batch=batch))
-    return found[1], found[2]
-
-
-def convert(network: Network, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
-    """Convert the window graph to a TFLite flatbuffer (see the module docstring for ``io``)."""
+    ``integer_input``: whether the model's ``x`` becomes integer in the quantized forms (token
+    ids stay int32: the GATHER reads them as indices). ``what`` names the model in errors.
+    """
     if quant not in QUANT_MODES:
         raise ConversionError(f"unknown quantization '{quant}'; choose one of {', '.join(QUANT_MODES)}")
-    tf = _tf()
-    function, module = _window_function(network, batch)
+    tf = tensorflow()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quant == "dynamic":
+    elif quant == "dynamic":  # what most guides show: Optimize.DEFAULT, no representative data
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quant in ("int8", "int16x8"):
         if representative is None:
             raise ConversionError(f"{quant} quantization needs calibration data")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
-        token = network.input_kind == "token"
         if quant == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if io == "quantized":
-                if not token:  # token ids stay int32: the GATHER reads them as indices
+                if integer_input:
                     converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
-            if not token:
+            if integer_input:
                 converter.inference_input_type = tf.int16
             converter.inference_output_type = tf.int16
     log = _io.StringIO()
@@ -139,4 +141,4 @@ def convert(network: Network, quant: str, representative=None, batch: int = 1, i
             return bytes(converter.convert())
     except Exception as exc:  # the converter raises many types; report its first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"TFLite converter failed for the {quant} window model: {first}") from None
+        raise ConversionError(f"TFLite converter failed for {what}{quant}: {first}") from None

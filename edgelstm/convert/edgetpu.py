@@ -100,7 +100,7 @@ def _schema():
         try:
             from tensorflow.lite.python import schema_py_generated as schema
         except ImportError:
-            from .errors import BackendUnavailableError
+            from edgelstm.errors import BackendUnavailableError
 
             raise BackendUnavailableError(
                 "reading TFLite files needs LiteRT's schema module: pip install ai-edge-litert"
@@ -117,7 +117,7 @@ def read_tflite(path) -> dict:
     this also reads models with custom ops (a compiled ``*_edgetpu.tflite``)."""
     import numpy as np
 
-    from .errors import ModelFormatError
+    from edgelstm.errors import ModelFormatError
 
     path = Path(path)
     data = path.read_bytes()

@@ -13,67 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConversionError
+from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
+from .onnx_ops import OPSET, GraphBuilder, OnnxOps
 from .state_plan import StatePlan, group_columns, permuted_network
-
-OPSET = 17
-
-
-class _GraphBuilder:
-    """Collects nodes and initializers with unique names."""
-
-    def __init__(self):
-        from onnx import helper, numpy_helper
-
-        self.helper = helper
-        self.numpy_helper = numpy_helper
-        self.nodes = []
-        self.initializers = []
-        self._count = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def int_const(self, hint: str, values) -> str:
-        name = self.name(hint)
-        self.initializers.append(self.numpy_helper.from_array(np.asarray(values, np.int64), name))
-        return name
-
-    def const(self, hint: str, array) -> str:
-        name = self.name(hint)
-        self.initializers.append(self.numpy_helper.from_array(np.asarray(array, np.float32), name))
-        return name
-
-    def op(self, op_type: str, inputs: list, hint: str | None = None, outputs: int = 1, output_names=None, **attrs):
-        names = output_names or [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(self.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attrs))
-        return names if outputs > 1 else names[0]
-
-    def activation(self, name: str, value: str) -> str:
-        if name == "linear":
-            return value
-        if name == "relu":
-            return self.op("Relu", [value])
-        if name == "sigmoid":
-            return self.op("Sigmoid", [value])
-        if name == "tanh":
-            return self.op("Tanh", [value])
-        if name == "hard_sigmoid":
-            return self.op("HardSigmoid", [value], alpha=1.0 / 6.0, beta=0.5)
-        if name == "hard_sigmoid_keras2":
-            return self.op("HardSigmoid", [value], alpha=0.2, beta=0.5)
-        if name == "swish":
-            return self.op("Mul", [value, self.op("Sigmoid", [value])])
-        if name == "gelu":  # opset 17 has no Gelu: 0.5 x (1 + erf(x / sqrt 2))
-            scaled = self.op("Mul", [value, self.const("inv_sqrt2", np.float32(1.0 / np.sqrt(2.0)))])
-            erf_plus_one = self.op("Add", [self.op("Erf", [scaled]), self.const("one", np.float32(1.0))])
-            return self.op("Mul", [self.op("Mul", [value, erf_plus_one]), self.const("half", np.float32(0.5))])
-        if name == "softmax":
-            return self.op("Softmax", [value], axis=-1)
-        raise ConversionError(f"activation '{name}' has no ONNX mapping")
-
+from .window_graph import gru_cell
 
 def build_float_model(network: Network, plan: StatePlan, batch="batch"):
     """The float32 step graph as an ``onnx.ModelProto`` (checked), state laid out by ``plan``.
@@ -85,7 +29,7 @@ def build_float_model(network: Network, plan: StatePlan, batch="batch"):
 
     net = permuted_network(network, plan)
     units_of = plan.tensor_units()
-    graph = _GraphBuilder()
+    graph = GraphBuilder()
     value_info = lambda name, size: helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, size])  # noqa: E731
     token = network.input_kind == "token"
     x_info = helper.make_tensor_value_info("x", TensorProto.INT64, [batch, 1]) if token else value_info("x", network.n_features)
@@ -120,9 +64,6 @@ def build_float_model(network: Network, plan: StatePlan, batch="batch"):
                 value = graph.op("Concat", h_parts, output_names=[f"{h}_out"], axis=1)
             k += 1
         elif isinstance(layer, GRULayer):  # the window graph's GRU step, on ONNX nodes
-            from .onnx_window import OnnxOps
-            from .window_graph import gru_cell
-
             value = graph.op("Identity", [gru_cell(OnnxOps(graph), layer, value, f"h_{k}")], output_names=[f"h_{k}_out"])
             k += 1
         elif isinstance(layer, DenseLayer):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from edgelstm.errors import ModelFormatError
 from edgelstm.model.network import Network
 from .keras_layers import KerasLayer, build_network, layers_from_model_config
 

@@ -7,57 +7,10 @@ Same inputs and outputs as the TFLite window model (``x``: ``(batch, T, features
 
 from __future__ import annotations
 
-import numpy as np
 
 from edgelstm.model.network import Network
 from . import window_graph
-from .onnx_step import OPSET, _GraphBuilder
-
-
-class OnnxOps(window_graph.Ops):
-    def __init__(self, graph: _GraphBuilder):
-        self.graph = graph
-        self._constants = {}  # content -> initializer name: each weight array stored once
-
-    def constant(self, hint: str, array):
-        key = window_graph.constant_key(array)
-        if key not in self._constants:
-            self._constants[key] = self.graph.const(hint, array)
-        return self._constants[key]
-
-    def dense(self, x, kernel, bias=None):
-        value = self.graph.op("MatMul", [x, self.constant("W", kernel)])
-        return value if bias is None else self.graph.op("Add", [value, self.constant("b", bias)])
-
-    def add(self, a, b):
-        return self.graph.op("Add", [a, b])
-
-    def sub(self, a, b):
-        return self.graph.op("Sub", [a, b])
-
-    def mul(self, a, b):
-        return self.graph.op("Mul", [a, b])
-
-    def mul_const(self, a, vector):
-        return self.graph.op("Mul", [a, self.constant("k", np.asarray(vector, np.float32))])
-
-    def add_const(self, a, vector):
-        return self.graph.op("Add", [a, self.constant("k", np.asarray(vector, np.float32))])
-
-    def activation(self, name, value):
-        return self.graph.activation(name, value)
-
-    def split(self, value, parts):
-        return self.graph.op("Split", [value], outputs=parts, axis=1) if parts > 1 else [value]
-
-    def concat(self, values):
-        return self.graph.op("Concat", list(values), axis=1)
-
-    def maximum(self, a, b):
-        return self.graph.op("Max", [a, b])
-
-    def gather(self, table, ids):
-        return self.graph.op("Gather", [self.constant("table", table), ids], axis=0)
+from .onnx_ops import OPSET, GraphBuilder, OnnxOps
 
 
 def build_float_model(network: Network, batch="batch"):
@@ -65,7 +18,7 @@ def build_float_model(network: Network, batch="batch"):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = _GraphBuilder()
+    graph = GraphBuilder()
     steps = network.window
     token = network.input_kind == "token"
     if token:

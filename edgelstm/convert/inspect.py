@@ -12,7 +12,7 @@ import numpy as np
 
 from . import edgetpu
 from edgelstm.runtime.bundle import Bundle
-from .errors import ModelFormatError
+from edgelstm.errors import ModelFormatError
 
 
 def inspect_path(path, target: str | None = None) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelFormatError
+from edgelstm.errors import ModelFormatError
 from edgelstm.model.network import Network
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

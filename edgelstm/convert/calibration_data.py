@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CalibrationError
+from edgelstm.errors import CalibrationError
 
 CMAPSS_COLUMNS = ["unit", "cycle", "setting1", "setting2", "setting3"] + [f"s{i}" for i in range(1, 22)]
 #: The 14 FD001 sensors that are not constant (s1, s5, s6, s10, s16, s18, s19 are dropped).

@@ -17,52 +17,18 @@ int8 inputs and outputs, builtin int8 ops only, calibrated on recorded ``(x, h, 
 
 from __future__ import annotations
 
-import contextlib
-import io as _io
-import os
-
 import numpy as np
 
-from ..errors import ConversionError
+from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import StatePlan, group_columns, permuted_network
-
-QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-
-
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    return tf
-
-
-def _activation(tf, name: str, value):
-    if name == "linear":
-        return value
-    if name == "relu":
-        return tf.nn.relu(value)
-    if name == "sigmoid":
-        return tf.sigmoid(value)
-    if name == "tanh":
-        return tf.tanh(value)
-    if name == "hard_sigmoid":  # relu6(x + 3) / 6: ADD, RELU6, MUL
-        return tf.nn.relu6(value + 3.0) * (1.0 / 6.0)
-    if name == "hard_sigmoid_keras2":  # clip(0.2 x + 0.5, 0, 1): MUL, ADD, RELU_0_TO_1
-        return tf.clip_by_value(value * 0.2 + 0.5, 0.0, 1.0)
-    if name == "swish":
-        return value * tf.sigmoid(value)
-    if name == "gelu":
-        return tf.nn.gelu(value, approximate=False)
-    if name == "softmax":
-        return tf.nn.softmax(value, axis=-1)
-    raise ConversionError(f"activation '{name}' has no TFLite mapping")
-
+from .tflite_ops import TFOps, activation, convert_function, tensorflow
+from .window_graph import gru_cell
 
 def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     """A concrete ``tf.function`` computing one step, outputs keyed by ``plan.output_names()``,
     and the module that owns it (the converter takes its signature from there)."""
-    tf = _tf()
+    tf = tensorflow()
     net = permuted_network(network, plan)
     units_of = plan.tensor_units()
     names = plan.state_names()
@@ -85,22 +51,19 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
                     from_input = tf.matmul(value, tf.constant(layer.kernel[:, columns])) + tf.constant(layer.bias[columns])
                     from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns]))
                     i, f, g, o = tf.split(from_input + from_state, 4, axis=1)
-                    c_new = _activation(tf, gate, f) * state[cell_name] + _activation(tf, gate, i) * _activation(tf, act, g)
+                    c_new = activation(tf, gate, f) * state[cell_name] + activation(tf, gate, i) * activation(tf, act, g)
                     outputs[f"{cell_name}_out"] = c_new
-                    h_parts.append(_activation(tf, gate, o) * _activation(tf, act, c_new))
+                    h_parts.append(activation(tf, gate, o) * activation(tf, act, c_new))
                     start += size
                 value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
                 outputs[f"h_{k}_out"] = value
                 k += 1
             elif isinstance(layer, GRULayer):  # the window graph's GRU step, on TensorFlow ops
-                from .tflite_window import TFOps
-                from .window_graph import gru_cell
-
                 value = gru_cell(TFOps(tf), layer, value, state[f"h_{k}"])
                 outputs[f"h_{k}_out"] = value
                 k += 1
             elif isinstance(layer, DenseLayer):
-                value = _activation(
+                value = activation(
                     tf, layer.activation, tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
                 )
             elif isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
@@ -125,40 +88,9 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
     ``representative`` is a callable returning an iterable of input lists (normalised x
     and states, float32, keyed by ``plan.input_names()``); required for ``int8`` and ``int16x8``.
     """
-    if quant not in QUANT_MODES:
-        raise ConversionError(f"unknown quantization '{quant}'; choose one of {', '.join(QUANT_MODES)}")
-    tf = _tf()
     function, module = build_step_function(network, plan, batch=batch)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
-    if quant == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quant == "dynamic":  # what most guides show: Optimize.DEFAULT, no representative data
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quant in ("int8", "int16x8"):
-        if representative is None:
-            raise ConversionError(f"{quant} quantization needs calibration data")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        if quant == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if io == "quantized":
-                converter.inference_input_type = tf.int8
-                converter.inference_output_type = tf.int8
-        else:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-            converter.inference_input_type = tf.int16
-            converter.inference_output_type = tf.int16
-    log = _io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            model = bytes(converter.convert())
-        return strip_state_quantize_ops(model, plan) if (io == "stream" and quant == "int8") else model
-    except Exception as exc:  # the converter raises many types; report its first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"TFLite converter failed for {quant}: {first}") from None
+    model = convert_function(function, module, quant, representative, io=io)
+    return strip_state_quantize_ops(model, plan) if (io == "stream" and quant == "int8") else model
 
 
 def signature_tensors(model: bytes) -> dict:

@@ -1,0 +1,58 @@
+"""TFLite window models: the unrolled window graph of :mod:`.window_graph` in TensorFlow ops.
+
+Input ``x`` is ``(batch, T, features)`` (token models: ``(batch, T)`` int32 ids), output
+``y`` is the source model's output for the window: ``(batch, outputs)`` or
+``(batch, T', outputs)``. Quantization variants as for step models. With ``io="stream"``
+an int8 model keeps float32 ``x`` and ``y`` (QUANTIZE / DEQUANTIZE inside the graph; there
+is no state to keep integer), with ``io="quantized"`` every boundary is int8 (the Edge TPU's form).
+"""
+
+from __future__ import annotations
+
+
+from edgelstm.model.network import Network
+from . import window_graph
+from .tflite_ops import TFOps, convert_function, tensorflow
+
+
+def build_window_function(network: Network, batch: int = 1):
+    """A concrete ``tf.function`` over one window and the module that owns it."""
+    tf = tensorflow()
+    steps = network.window
+    token = network.input_kind == "token"
+    spec = (tf.TensorSpec([batch, steps], tf.int32, name="x") if token
+            else tf.TensorSpec([batch, steps, network.n_features], tf.float32, name="x"))
+
+    def window(x):
+        layers = network.layers
+        if token:  # one GATHER for the whole window: a table per step would be quantized once per step
+            table = layers[0].table
+            x = tf.gather(tf.constant(table), x)  # (batch, T, dim)
+            layers = layers[1:]
+        width = int(x.shape[-1])
+        parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
+        value = window_graph.lower_layers(layers, TFOps(tf), parts)
+        return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
+
+    module = tf.Module()
+    module.window = tf.function(window, input_signature=[spec], autograph=False)  # plain Python loops: no autograph
+    return module.window.get_concrete_function(), module
+
+
+_traced: dict = {}  # (id(network), batch) -> (network, function, module): one trace per network for all variants
+
+
+def _window_function(network: Network, batch: int):
+    key = (id(network), batch)
+    found = _traced.get(key)
+    if found is None or found[0] is not network:
+        _traced.clear()  # one network at a time: traces of large unrolled graphs are big
+        found = _traced[key] = (network, *build_window_function(network, batch=batch))
+    return found[1], found[2]
+
+
+def convert(network: Network, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
+    """Convert the window graph to a TFLite flatbuffer (see the module docstring for ``io``)."""
+    function, module = _window_function(network, batch)
+    return convert_function(function, module, quant, representative, io=io,
+                            integer_input=network.input_kind != "token", what="the window model ")
