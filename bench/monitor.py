@@ -31,7 +31,7 @@ def main() -> int:
         import contextlib
         import io
 
-        from edgelstm.demo import _convert, EXAMPLE_MODEL, EXAMPLE_SCALER
+        from edgelstm.cli.demo import _convert, EXAMPLE_MODEL, EXAMPLE_SCALER
 
         scratch = tempfile.TemporaryDirectory()
         bundle = Path(scratch.name) / "bundle"

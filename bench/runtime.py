@@ -183,7 +183,7 @@ def main() -> int:
     if bundle is None:
         scratch = tempfile.TemporaryDirectory()
         bundle = Path(scratch.name) / "bundle"
-        from edgelstm.demo import run_demo
+        from edgelstm.cli.demo import run_demo
         import contextlib
         import io
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
-from ..errors import BackendUnavailableError, BundleError, InputError
+from edgelstm.errors import BackendUnavailableError, BundleError, InputError
 from .interpreters import available_backends, tflite_interpreter_module
 
 from math import isfinite as _isfinite

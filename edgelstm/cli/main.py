@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EdgeLSTMError
+from edgelstm.errors import EdgeLSTMError
 
 
 def _csv_list(text: str) -> list:
@@ -119,7 +119,7 @@ def _add_inspect(sub) -> None:
 
 
 def _run_inspect(args) -> int:
-    from .errors import TargetError
+    from edgelstm.errors import TargetError
     from edgelstm.convert.inspect import inspect_path, format_inspection
 
     result = inspect_path(args.path, target=args.target)
@@ -219,13 +219,13 @@ def _add_run(sub) -> None:
 
 
 def _run_run(args) -> int:
-    from .stream_cli import run_stream
+    from .run import run_stream
 
     return run_stream(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from edgelstm import __version__
 
     parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeLSTMError
+from edgelstm.errors import EdgeLSTMError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree (edgelstm/cli/demo.py)
 EXAMPLE_MODEL = ROOT / "examples" / "cmapss_fd001_lstm.keras"
 EXAMPLE_SCALER = ROOT / "examples" / "cmapss_fd001_lstm.scaler.json"
 RECIPE = ROOT / "calibration" / "cmapss-fd001.json"
@@ -56,7 +56,7 @@ def run_demo(out: Path, progress: bool = True, engines: int = 3, rate: float = 5
     out.mkdir(parents=True, exist_ok=True)
     model_path, scaler_path = EXAMPLE_MODEL, EXAMPLE_SCALER
     if retrain:
-        from .recipes import cmapss as recipe
+        from edgelstm.recipes import cmapss as recipe
 
         print(f"training the C-MAPSS recipe ({epochs} epochs) ...", flush=True)
         model, data = recipe.train(epochs=epochs)
@@ -95,8 +95,8 @@ def _convert(model_path: Path, scaler_path: Path, bundle: Path, progress: bool) 
 
 def _score(bundle: Path, progress: bool) -> tuple:
     """Float and int8 models on every test engine, stepped cycle by cycle; RMSE and PHM08."""
-    from . import load
-    from .recipes.cmapss import load as load_data, scores
+    from edgelstm import load
+    from edgelstm.recipes.cmapss import load as load_data, scores
 
     data = load_data()
     runs = {"float32 (numpy reference)": dict(backend="numpy"), "int8 TFLite (runtime)": {},
@@ -132,8 +132,8 @@ def _stream_engines(bundle: Path, count: int, rate: float, every: int) -> list:
     from firmware_bridge.simulator import Simulator, cmapss_units
     from firmware_bridge.transport import PtyLink
 
-    from . import load
-    from .recipes.cmapss import test_truth
+    from edgelstm import load
+    from edgelstm.recipes.cmapss import test_truth
 
     truth = test_truth()
     # engines that come close to failure within their record: the interesting ones to watch

@@ -21,13 +21,13 @@ import sys
 
 import numpy as np
 
-from .errors import InputError
+from edgelstm.errors import InputError
 
 _SPLIT = re.compile(r"[,\t ;]+")
 
 
 def run_stream(args) -> int:
-    from .runtime.stream import load
+    from edgelstm.runtime.stream import load
 
     runtime = load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
     output_name = runtime.bundle.manifest["outputs"][0]["name"]  # "y", or an autoencoder's "anomaly_score"
