@@ -34,11 +34,12 @@ from firmware_bridge.protocol import FLOAT32, INT16, MAX_FRAME_BYTES, FrameDecod
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware_bridge" / "firmware"
-FRAME_C = FIRMWARE / "edgelstm_frame.c"
-FRAME_H = FIRMWARE / "edgelstm_frame.h"
-HARNESS_C = FIRMWARE / "test_harness.c"
-VECTORS = FIRMWARE / "test_vectors.json"
-SKETCH_DIR = FIRMWARE / "edgelstm_sensor"
+SRC = FIRMWARE / "src"
+FRAME_C = SRC / "edgelstm_frame.c"
+FRAME_H = SRC / "edgelstm_frame.h"
+HARNESS_C = FIRMWARE / "extras" / "test_harness.c"
+VECTORS = FIRMWARE / "extras" / "test_vectors.json"
+SKETCH_DIR = FIRMWARE / "examples" / "edgelstm_sensor"
 SKETCH = SKETCH_DIR / "edgelstm_sensor.ino"
 
 GCC = shutil.which("gcc")
@@ -120,7 +121,7 @@ def harness(tmp_path_factory) -> Path:
     if GCC is None:
         pytest.skip("gcc not found")
     exe = tmp_path_factory.mktemp("firmware") / "harness"
-    _run([GCC, *STRICT, "-O2", FRAME_C, HARNESS_C, "-o", exe])
+    _run([GCC, *STRICT, "-O2", "-I", SRC, FRAME_C, HARNESS_C, "-o", exe])
     return exe
 
 
@@ -147,7 +148,7 @@ def macros(harness) -> dict:
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_test_vectors", FIRMWARE / "make_test_vectors.py")
+    spec = importlib.util.spec_from_file_location("make_test_vectors", FIRMWARE / "extras" / "make_test_vectors.py")
     module = importlib.util.module_from_spec(spec)
     dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in the repo
     try:
@@ -447,14 +448,24 @@ def test_stream_with_noise_and_sequence_wrap_decodes(harness):
 # ---------------------------------------------------------------- the Arduino sketch
 
 
-def test_sketch_carries_current_copies_of_the_encoder():
-    """The sketch folder compiles copies (the Arduino builder cannot reach ../); keep them in sync."""
-    for name in ("edgelstm_frame.c", "edgelstm_frame.h"):
-        copy = SKETCH_DIR / "src" / name
-        assert copy.read_bytes() == (FIRMWARE / name).read_bytes(), (
-            f"{copy.relative_to(ROOT)} differs from the original: "
-            "cp firmware_bridge/firmware/edgelstm_frame.[ch] firmware_bridge/firmware/edgelstm_sensor/src/"
-        )
+def test_the_firmware_is_an_arduino_library_with_one_copy_of_the_encoder():
+    """Laid out as the Arduino library specification (1.5) wants it, so the Arduino IDE,
+    arduino-cli and PlatformIO install it from the folder; the encoder exists once."""
+    properties = dict(
+        line.split("=", 1) for line in (FIRMWARE / "library.properties").read_text().splitlines() if "=" in line
+    )
+    required = ("name", "version", "author", "maintainer", "sentence", "paragraph", "category", "url", "architectures")
+    assert [key for key in required if not properties.get(key)] == []
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", properties["name"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", properties["version"])
+    assert properties["category"] in ("Display", "Communication", "Signal Input/Output", "Sensors", "Device Control",
+                                      "Timing", "Data Storage", "Data Processing", "Other")
+    for header in properties.get("includes", "").split(","):
+        assert (SRC / header.strip()).is_file()
+    assert SKETCH.is_file() and SKETCH.parent.parent.name == "examples"
+    assert '#include <edgelstm_frame.h>' in SKETCH.read_text()  # found through the library, not a relative path
+    assert sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("firmware_bridge/**/edgelstm_frame.[ch]")) == [
+        "firmware_bridge/firmware/src/edgelstm_frame.c", "firmware_bridge/firmware/src/edgelstm_frame.h"]
 
 
 ARDUINO_STUB = r"""
@@ -519,9 +530,10 @@ def test_sketch_compiles_and_streams_decodable_frames(tmp_path, send_int16):
     (tmp_path / "Arduino.h").write_text(ARDUINO_STUB)
     (tmp_path / "sim.cpp").write_text(SIMULATION)
     cxx_flags = ["-std=gnu++11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-DEDGELSTM_SEND_INT16={send_int16}"]
-    _run([GCC, *STRICT, "-O1", "-c", SKETCH_DIR / "src" / "edgelstm_frame.c", "-o", tmp_path / "frame.o"])
+    _run([GCC, *STRICT, "-O1", "-c", FRAME_C, "-o", tmp_path / "frame.o"])
     sources = [tmp_path / "sim.cpp", tmp_path / "frame.o"]
-    _run([GXX, *cxx_flags, "-O1", "-I", tmp_path, "-I", SKETCH_DIR, *sources, "-o", tmp_path / "sim"])
+    # include paths as the Arduino builder sets them: the sketch folder and the library's src/
+    _run([GXX, *cxx_flags, "-O1", "-I", tmp_path, "-I", SKETCH_DIR, "-I", SRC, *sources, "-o", tmp_path / "sim"])
     lines = _run([tmp_path / "sim"]).stdout.splitlines()
     baud, period, channels, missed, start = (int(x) for x in lines[0].split()[:5])
     ref_volts, full_scale, int16_scale = (float(x) for x in lines[0].split()[5:])

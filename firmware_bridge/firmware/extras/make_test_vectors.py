@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    python firmware_bridge/firmware/make_test_vectors.py
+    python firmware_bridge/firmware/extras/make_test_vectors.py
 
 Every expected frame comes from the Python reference encoder
-(:func:`firmware_bridge.protocol.encode_frame`); the C encoder (``edgelstm_frame.c``) must
+(:func:`firmware_bridge.protocol.encode_frame`); the C encoder (``src/edgelstm_frame.c``) must
 reproduce each byte for byte. The output is deterministic (no randomness, no clock, fixed
 key order), so re-running it on an unchanged protocol leaves the file unchanged, and
 ``tests/test_firmware.py`` checks that the file still matches what ``build_cases()`` and the
@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]  # the repository (firmware_bridge/firmware/extras/)
 OUTPUT = HERE / "test_vectors.json"
 
 if str(ROOT) not in sys.path:  # run as a script from anywhere

@@ -2,7 +2,7 @@
  * test_harness.c - host-side driver of edgelstm_frame.c for tests/test_firmware.py.
  * Not firmware: it uses stdio and stdlib. Build:
  *
- *     gcc -std=c99 -Wall -Wextra -Wpedantic -Werror -O2 edgelstm_frame.c test_harness.c -o harness
+ *     gcc -std=c99 -Wall -Wextra -Wpedantic -Werror -O2 -I../src ../src/edgelstm_frame.c test_harness.c -o harness
  *
  * Reads one command per line from stdin and prints exactly one result line per command
  * (blank lines and lines starting with '#' are skipped and print nothing). Floats travel as

@@ -2,7 +2,7 @@
  * edgelstm_frame.h - MCU-side encoder of the edgelstm "frame" serial protocol, version 1.
  *
  * The receiving side is firmware_bridge/protocol.py (FrameDecoder); this file must stay
- * byte-for-byte compatible with its encode_frame(). firmware_bridge/firmware/test_vectors.json
+ * byte-for-byte compatible with its encode_frame(). firmware_bridge/firmware/extras/test_vectors.json
  * holds cases both sides are tested against (tests/test_firmware.py).
  *
  * Wire format of one frame:

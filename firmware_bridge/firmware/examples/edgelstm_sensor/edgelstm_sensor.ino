@@ -8,15 +8,17 @@
  *   A4          analog temperature sensor (e.g. TMP36)               -> temperature, degC
  *   (on an Uno/Nano A4 is also I2C SDA: use another pin if you need I2C)
  *
- * Building: open this folder (edgelstm_sensor/) in the Arduino IDE, or
- *   arduino-cli compile --fqbn arduino:avr:uno firmware_bridge/firmware/edgelstm_sensor
- * The Arduino builder copies the sketch folder to a temporary directory and compiles the
- * .ino plus every .c/.cpp file in the sketch folder and, recursively, in its src/
- * subfolder; a relative #include to a file outside the sketch folder would break there.
- * So src/ holds COPIES of ../edgelstm_frame.h and ../edgelstm_frame.c (compiled as C and
- * linked; the header has extern "C" guards). After changing the originals, refresh them:
- *   cp firmware_bridge/firmware/edgelstm_frame.[ch] firmware_bridge/firmware/edgelstm_sensor/src/
- * tests/test_firmware.py fails while the copies differ from the originals.
+ * Building: this sketch is the example of the EdgeLSTM Arduino library (the folder
+ * firmware_bridge/firmware/, laid out as the Arduino library specification 1.5 wants it:
+ * library.properties, src/, examples/). Install the library once, then build the example:
+ *   Arduino IDE: Sketch > Include Library > Add .ZIP Library... (a zip of the folder), then
+ *                File > Examples > EdgeLSTM > edgelstm_sensor
+ *   arduino-cli: arduino-cli compile --fqbn arduino:avr:uno --library firmware_bridge/firmware \
+ *                    firmware_bridge/firmware/examples/edgelstm_sensor
+ *                (or copy the folder to ~/Arduino/libraries/EdgeLSTM once)
+ *   PlatformIO:  lib_deps = file://path/to/firmware_bridge/firmware  (platformio.ini)
+ * The builder compiles the library's src/ (the encoder, C, with extern "C" guards in the
+ * header) and links it with the sketch: one copy of the encoder, used by the tests too.
  *
  * NOT COMPILED FOR A BOARD HERE: the repository has no Arduino toolchain. The tests only
  * compile this sketch with the host g++ against a minimal stub of Arduino.h (a fake clock
@@ -28,7 +30,7 @@
  */
 #include <Arduino.h>
 
-#include "src/edgelstm_frame.h"
+#include <edgelstm_frame.h>
 
 // ---- configuration ------------------------------------------------------------------
 
