@@ -128,3 +128,13 @@ def test_the_runtime_side_imports_no_converting_module_anywhere():
     assert device
     offending = {m: [e for e in graph[m] if e.startswith("edgelstm.convert")] for m in device}
     assert {m: e for m, e in offending.items() if e} == {}
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists packages by hand (one is mapped from targets/): a package missing there
+    works in a checkout and is absent from the wheel a device installs."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {_module_name(p.parent / "__init__.py") for package in PACKAGES for p in (ROOT / package).rglob("__init__.py")}
+    assert on_disk - listed == set()
