@@ -40,7 +40,7 @@ def _add_convert(sub) -> None:
                    "go_backwards) whose input shape does not fix it; or of a step model trained on fixed windows "
                    "(the runtime then runs it over the last N readings)")
     p.add_argument("--window-samples", type=int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
-    p.add_argument("--eval-windows", type=int, default=1_000, help="window models: held-out windows the report measures (default 1000)")
+    p.add_argument("--eval-windows", type=int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
     p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

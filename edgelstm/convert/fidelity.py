@@ -19,9 +19,11 @@ LONG_STREAM_STEPS = 10_000
 BLOCKS = 10
 
 
-def error_metrics(reference: np.ndarray, candidate: np.ndarray) -> dict:
+def error_metrics(reference: np.ndarray, candidate: np.ndarray, spread: float | None = None) -> dict:
+    """Errors of ``candidate`` against ``reference``; ``relative_rmse`` is the RMSE over ``spread``
+    (default: the standard deviation of ``reference``)."""
     diff = np.asarray(candidate, np.float64) - np.asarray(reference, np.float64)
-    spread = float(np.std(reference))
+    spread = float(np.std(reference)) if spread is None else float(spread)
     rmse = float(np.sqrt(np.mean(diff**2)))
     return {
         "max_abs_error": float(np.max(np.abs(diff))),
@@ -58,59 +60,169 @@ def long_stream(sequences: list, minimum: int = LONG_STREAM_STEPS) -> np.ndarray
     return np.concatenate(parts)[:max(minimum, 1)]
 
 
-def build_report(network, steppers: dict, held_out: list, normalization, long_steps: int = LONG_STREAM_STEPS, progress=None) -> dict:
+def uses_of(network, window: int | None = None) -> list:
+    """Which output of a step model the user relies on, so the report measures that one.
+
+    ``"every_step"``: a streaming model (one output per reading, state carried for ever);
+    ``"last_of_window"``: a model run by the runtime over its last ``window`` readings (from a
+    zero state each time), used at the window's last step; ``"last_step"``: a many-to-one model
+    (one output per sequence) whose deployment is unknown, measured at each held-out sequence's
+    last step and at every step, the headline being the worse of the two. Averaging every step
+    of a many-to-one model flatters it: its first steps, from a state near zero, are easy.
+    """
+    if window:
+        return ["last_of_window"]
+    if network.output_mode == "last":
+        return ["last_step", "every_step"]
+    return ["every_step"]
+
+
+def build_report(network, steppers: dict, held_out: list, normalization, long_steps: int = LONG_STREAM_STEPS,
+                 progress=None, window: int | None = None, eval_windows: int = 1_000, seed: int = 0) -> tuple:
     """Compare every stepper (name -> stepper, each taking raw readings) with the reference
-    on the raw ``held_out`` sequences."""
+    on the raw ``held_out`` sequences, at the output the model is used for (:func:`uses_of`).
+
+    Relative errors are over one spread, the float model's output std over every held-out step.
+    Each model's headline metrics (``relative_rmse`` and the rest at the top level) are those of
+    the output that matters (the worse one when two are measured; ``measured_at`` names it);
+    each measured output also has its own entry (``every_step``, ``last_step``, ``last_of_window``).
+    """
     reference = Reference(network)
-    float_outputs = [reference.run(normalization.apply(s))[0] for s in held_out]
-    float_flat = np.concatenate(float_outputs)
-    stream_input = long_stream(held_out, long_steps)
-    float_stream = reference.run(normalization.apply(stream_input))[0]
-    block = max(1, len(stream_input) // BLOCKS)
+    uses = uses_of(network, window)
     report = {
         "held_out": {"sequences": len(held_out), "steps": int(sum(len(s) for s in held_out))},
-        "long_stream": {"steps": int(len(stream_input)), "block_steps": block},
+        "uses": uses,
         "models": {},
     }
-    traces = {"float": float_outputs[0]}
+    # One spread for every measured output: the float model's over every held-out step. The
+    # last steps alone can have almost none (run-to-failure sequences all end near RUL 0).
+    float_outputs = [reference.run(normalization.apply(s))[0] for s in held_out]
+    expected = {"every_step": np.concatenate(float_outputs), "last_step": np.stack([o[-1] for o in float_outputs])}
+    spread = float(np.std(expected["every_step"]))
+    report["held_out"]["output_std"] = spread
+    if "last_of_window" in uses:
+        windows = windows_of(held_out, window, eval_windows, seed)
+        expected["last_of_window"] = reference.run(normalization.apply(windows))[0][:, -1]
+        report["held_out"].update(windows=int(len(windows)), window=int(window))
+    traces = {"float": float_outputs[0] if "every_step" in uses else expected["last_of_window"]}
+    streaming = "every_step" in uses
+    if streaming:
+        stream_input = long_stream(held_out, long_steps)
+        float_stream = reference.run(normalization.apply(stream_input))[0]
+        block = max(1, len(stream_input) // BLOCKS)
+        report["long_stream"] = {"steps": int(len(stream_input)), "block_steps": block}
     for name, stepper in steppers.items():
-        outputs = stream(stepper, held_out, network.output_size)
-        metrics = error_metrics(float_flat, np.concatenate(outputs))
-        stream_out = stream(stepper, [stream_input], network.output_size)[0]
-        blocks = [
-            error_metrics(float_stream[i : i + block], stream_out[i : i + block])["rmse"]
-            for i in range(0, block * BLOCKS, block)
-        ]
-        metrics["long_stream_block_rmse"] = blocks
-        metrics["long_stream_drift"] = blocks[-1] / blocks[0] if blocks[0] > 0 else (1.0 if blocks[-1] == 0 else math.inf)
+        measured = {}
+        if "last_of_window" in uses:
+            outputs = np.stack([o[-1] for o in stream(stepper, list(windows), network.output_size)])
+            measured["last_of_window"] = error_metrics(expected["last_of_window"], outputs, spread)
+            traces[name] = outputs
+        if "every_step" in uses:
+            outputs = stream(stepper, held_out, network.output_size)
+            measured["every_step"] = error_metrics(expected["every_step"], np.concatenate(outputs), spread)
+            if "last_step" in uses:
+                measured["last_step"] = error_metrics(expected["last_step"], np.stack([o[-1] for o in outputs]), spread)
+            traces[name] = outputs[0]
+        headline = max((use for use in uses), key=lambda use: _finite(measured[use]["relative_rmse"]))
+        metrics = dict(measured[headline], measured_at=headline, **measured)
+        if streaming:
+            stream_out = stream(stepper, [stream_input], network.output_size)[0]
+            blocks = [
+                error_metrics(float_stream[i : i + block], stream_out[i : i + block])["rmse"]
+                for i in range(0, block * BLOCKS, block)
+            ]
+            metrics["long_stream_block_rmse"] = blocks
+            metrics["long_stream_drift"] = blocks[-1] / blocks[0] if blocks[0] > 0 else (1.0 if blocks[-1] == 0 else math.inf)
         report["models"][name] = metrics
-        traces[name] = outputs[0]
         if progress is not None:
             progress.update(1)
     return report, traces
 
 
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -1.0
+
+
+#: Where each use is measured, in words, for tables and plots.
+USE_LABELS = {
+    "every_step": "every step",
+    "last_step": "last step of each sequence",
+    "last_of_window": "last step of each window",
+    "window": "every window",
+}
+
+
+#: Bounds of the verdict: what "keeps the float model's answers" means, as RMSE / output std.
+FULL_INT8_BOUND = 0.02
+CPU_BOUND = 0.01
+#: Variants by where they run: the Edge TPU takes only the integer-I/O full-int8 model; a CPU
+#: target runs any of the others.
+EDGE_TPU_VARIANTS = ("tflite int8",)
+CPU_INT8_VARIANTS = ("tflite int8 stream", "tflite int8", "onnx int8", "tflite int16x8", "tflite dynamic")
+
+
+def verdict(report: dict) -> dict:
+    """Which variant to deploy on which target, from the measured errors, and a warning when
+    no int8 variant keeps within :data:`FULL_INT8_BOUND` of the float model."""
+    errors = {name: m["relative_rmse"] for name, m in report["models"].items() if math.isfinite(m["relative_rmse"])}
+    lines, warnings = [], []
+    edge = [(errors[n], n) for n in EDGE_TPU_VARIANTS if n in errors]
+    if edge:
+        error, name = min(edge)
+        ok = error <= FULL_INT8_BOUND
+        lines.append(f"Edge TPU (coral-usb, coral-devboard): {name}, {100 * error:.2f} % "
+                     + ("(within 2 %)" if ok else "(ABOVE 2 %: its answers differ from the float model's)"))
+    cpu = sorted((errors[n], n) for n in CPU_INT8_VARIANTS if n in errors)
+    if cpu:
+        error, name = cpu[0]
+        within = [n for e, n in cpu if e <= CPU_BOUND]
+        choice = within[0] if within else name
+        lines.append(f"CPU (rpi4, rpi5, x86_64): {choice}, {100 * errors[choice]:.2f} % "
+                     + ("(within 1 %)" if within else "(none within 1 %)"))
+    if (edge or cpu) and min([e for e, _ in edge + cpu]) > FULL_INT8_BOUND:
+        best_error, best = min(edge + cpu)
+        warnings.append(f"WARNING: no int8 variant is within 2 % of the float model (best: {best}, "
+                        f"{100 * best_error:.2f} %); deploy a float variant or calibrate on more representative data")
+    return {"lines": lines, "warnings": warnings, "full_int8_bound": FULL_INT8_BOUND, "cpu_bound": CPU_BOUND}
+
+
 def format_table(report: dict) -> str:
-    """A readable table of the report for the terminal."""
-    header = f"{'model':<22}{'max abs':>11}{'mean abs':>11}{'RMSE':>11}{'RMSE/std':>10}{'drift':>8}"
+    """A readable table of the report for the terminal, ending in the verdict."""
     held = report["held_out"]
+    uses = report.get("uses", ["every_step"])
+    per_use = len(uses) > 1
+    header = f"{'model':<22}{'max abs':>11}{'mean abs':>11}{'RMSE':>11}{'RMSE/std':>10}"
+    header += "".join(f"{'at ' + u.split('_')[0]:>10}" for u in uses) if per_use else ""
+    header += f"{'drift':>8}"
+    if "long_stream" in report or "sequences" in held:
+        where = f"{held['sequences']} held-out sequences, {held['steps']} steps"
+        if "windows" in held:
+            where = f"{held['windows']} held-out windows of {held['window']} steps from {held['sequences']} sequences"
+        if "long_stream" in report:
+            where += f"; long stream {report['long_stream']['steps']} steps"
+    else:
+        where = f"{held['windows']} held-out windows of {held['window']} steps"
     lines = [
-        f"Fidelity vs float reference: {held['sequences']} held-out sequences, {held['steps']} steps; "
-        f"long stream {report['long_stream']['steps']} steps" if "long_stream" in report else
-        f"Fidelity vs float reference: {held['windows']} held-out windows of {held['window']} steps",
+        f"Fidelity vs float reference: {where}",
+        "measured at the output the model is used for: " + " and ".join(USE_LABELS[u] for u in uses)
+        + (" (RMSE/std: the worse)" if per_use else ""),
         header,
         "-" * len(header),
     ]
     for name, m in report["models"].items():
-        lines.append(
-            f"{name:<22}{m['max_abs_error']:>11.4g}{m['mean_abs_error']:>11.4g}{m['rmse']:>11.4g}"
-            f"{100 * m['relative_rmse']:>9.2f}%" + (f"{m['long_stream_drift']:>8.2f}" if "long_stream_drift" in m else f"{'-':>8}")
-        )
+        line = (f"{name:<22}{m['max_abs_error']:>11.4g}{m['mean_abs_error']:>11.4g}{m['rmse']:>11.4g}"
+                f"{100 * m['relative_rmse']:>9.2f}%")
+        if per_use:
+            line += "".join(f"{100 * m[u]['relative_rmse']:>9.2f}%" for u in uses)
+        line += f"{m['long_stream_drift']:>8.2f}" if "long_stream_drift" in m else f"{'-':>8}"
+        lines.append(line)
         if "anomaly_score" in m:
             lines.append(f"{'  anomaly score':<22}{m['anomaly_score']['max_abs_error']:>11.4g}"
                          f"{m['anomaly_score']['mean_abs_error']:>11.4g}{m['anomaly_score']['rmse']:>11.4g}"
                          f"{100 * m['anomaly_score']['relative_rmse']:>9.2f}%")
-    lines.append("drift = RMSE of the last long-stream block / RMSE of the first (1.0 = flat; - for window models)")
+    lines.append("drift = RMSE of the last long-stream block / RMSE of the first (1.0 = flat; - without a long stream)")
+    decision = report.get("verdict") or verdict(report)
+    lines += ["Verdict:"] + [f"  {line}" for line in decision["lines"]] + decision["warnings"]
     return "\n".join(lines)
 
 
@@ -127,8 +239,10 @@ def plot(report: dict, traces: dict, path) -> bool:
         figure, top = plt.subplots(1, 1, figsize=(9, 4))
         for name, trace in traces.items():
             top.plot(trace[:, 0], label=name, linewidth=2.0 if name == "float" else 1.0)
-        top.set_title("Output 0 on held-out windows")
+        top.set_title("Output 0 at the last step of each held-out window" if report.get("uses") == ["last_of_window"]
+                      else "Output 0 on held-out windows")
         top.set_xlabel("window")
+        top.set_ylabel("output 0")
         top.legend()
         figure.tight_layout()
         figure.savefig(path, dpi=100)
@@ -139,6 +253,7 @@ def plot(report: dict, traces: dict, path) -> bool:
         top.plot(trace[:, 0], label=name, linewidth=2.0 if name == "float" else 1.0)
     top.set_title("Output 0 on the first held-out sequence")
     top.set_xlabel("step")
+    top.set_ylabel("output 0")
     top.legend()
     for name, m in report["models"].items():
         bottom.plot(m["long_stream_block_rmse"], marker="o", label=name)
@@ -180,12 +295,13 @@ def build_window_report(network, models: dict, held_out_windows: np.ndarray, nor
     normalized = held_out_windows if token else normalization.apply(held_out_windows)
     windows_in = normalized.reshape(len(normalized), network.window).astype(np.int64) if token else normalized
     reference = np.concatenate([forward_sequence(network, windows_in[i : i + 256]) for i in range(0, len(windows_in), 256)])
-    report = {"held_out": {"windows": int(len(held_out_windows)), "window": int(network.window)}, "models": {}}
+    report = {"held_out": {"windows": int(len(held_out_windows)), "window": int(network.window)}, "uses": ["window"],
+              "models": {}}
     traces = {"float": reference.reshape(len(reference), -1)[:200]}
     reference_score = reconstruction_error(reference, normalized) if network.is_autoencoder else None
     for name, model in models.items():
         outputs = np.stack([np.array(model.run(held_out_windows[i : i + 1])[0]) for i in range(len(held_out_windows))])
-        metrics = error_metrics(reference, outputs)
+        metrics = dict(error_metrics(reference, outputs), measured_at="window")
         if reference_score is not None:
             metrics["anomaly_score"] = error_metrics(reference_score, reconstruction_error(outputs, normalized))
         report["models"][name] = metrics

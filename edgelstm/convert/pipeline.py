@@ -54,7 +54,7 @@ class ConvertOptions:
     holdout: float = 0.2
     max_samples: int = 20_000  # representative steps for the TFLite quantizer
     window_samples: int = 1_000  # representative windows for window models (each is a whole unrolled graph run)
-    eval_windows: int = 1_000  # held-out windows the report of a window model is measured on
+    eval_windows: int = 1_000  # held-out windows the report of a window model (or a --window step model) is measured on
     onnx_samples: int = 2_000  # onnxruntime's calibrator keeps every intermediate tensor of every sample in memory
     long_steps: int = fidelity.LONG_STREAM_STEPS
     window: int | None = None  # window length: of a window model (when its file does not fix it), or of a step
@@ -229,9 +229,14 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
                 raise CalibrationError(f"held-out data: {exc}") from None
             report, traces = fidelity.build_window_report(network, steppers, held_windows, normalization, progress=bar)
         else:
-            report, traces = fidelity.build_report(
-                network, steppers, held_out.sequences, normalization, long_steps=options.long_steps, progress=bar
-            )
+            try:
+                report, traces = fidelity.build_report(
+                    network, steppers, held_out.sequences, normalization, long_steps=options.long_steps, progress=bar,
+                    window=options.window, eval_windows=options.eval_windows, seed=options.seed,
+                )
+            except ValueError as exc:
+                raise CalibrationError(f"held-out data: {exc}") from None
+    report["verdict"] = fidelity.verdict(report)
     report["skipped"] = skipped
     files = []
     write_json_atomic(out / "report.json", report)
