@@ -41,3 +41,7 @@ class InputError(EdgeLSTMError):
 
 class BackendUnavailableError(EdgeLSTMError):
     """The requested backend (or the Edge TPU delegate) is not installed here; says what to install."""
+
+
+class ConfigError(EdgeLSTMError):
+    """A command-line option or configuration value is unusable (a bad sink spec, a port out of range, a missing file)."""

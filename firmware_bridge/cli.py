@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+from edgelstm.errors import ConfigError
 
 
 def add_commands(sub) -> None:
@@ -18,7 +18,8 @@ def add_commands(sub) -> None:
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--protocol", choices=("frame", "csv"), default="frame")
     p.add_argument("--sink", action="append", default=[],
-                   help="stdout (default), csv:PATH, mqtt://[user:pass@]host[:port][/prefix], mqtts://..., prometheus[:PORT] (repeatable)")
+                   help="stdout (default), csv:PATH, mqtt://[user:pass@]host[:port][/prefix], mqtts://..., "
+                        "prometheus[:[HOST:]PORT] (repeatable)")
     p.add_argument("--sync-every", type=int, default=100, help="CSV sink: flush and fsync every N lines")
     p.add_argument("--mqtt-ca", help="CA file for mqtts://")
     p.add_argument("--metrics-address", default="127.0.0.1", help="address the Prometheus endpoint binds (default 127.0.0.1)")
@@ -50,27 +51,66 @@ def add_commands(sub) -> None:
     s.set_defaults(handler=run_simulate)
 
 
-def build_sinks(args, runtime, device: str) -> list:
+def _port(text: str, spec: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"--sink {spec!r}: port {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--sink {spec!r}: port {port} is outside 1..65535")
+    return port
+
+
+def parse_sink(spec: str, args) -> tuple:
+    """``(kind, options)`` of one ``--sink`` spec, checked before anything starts."""
+    if spec == "stdout":
+        return "stdout", {}
+    if spec.startswith("csv:"):
+        path = Path(spec[4:])
+        if not spec[4:]:
+            raise ConfigError("--sink csv:PATH needs a file name")
+        if not path.parent.is_dir():
+            raise ConfigError(f"--sink {spec!r}: folder {path.parent} does not exist")
+        return "csv", {"path": path}
+    if spec.startswith(("mqtt://", "mqtts://")):
+        url = urlparse(spec)
+        tls = url.scheme == "mqtts"
+        try:
+            port = url.port
+        except ValueError:
+            raise ConfigError(f"--sink {spec!r}: the port after the host is not a number in 1..65535") from None
+        if not url.hostname:
+            raise ConfigError(f"--sink {spec!r}: no broker host")
+        if tls and args.mqtt_ca and not Path(args.mqtt_ca).is_file():
+            raise ConfigError(f"--mqtt-ca {args.mqtt_ca}: no such file")
+        return "mqtt", {"host": url.hostname, "port": port or (8883 if tls else 1883),
+                        "prefix": (url.path or "/edgelstm").strip("/") or "edgelstm",
+                        "username": url.username, "password": url.password, "tls_ca": args.mqtt_ca if tls else None}
+    if spec == "prometheus" or spec.startswith("prometheus:"):
+        address, port = args.metrics_address, 9108
+        rest = spec[len("prometheus:"):] if ":" in spec else ""
+        if rest:
+            host, _, port_text = rest.rpartition(":")
+            port = _port(port_text, spec)
+            address = host or address
+        return "prometheus", {"port": port, "address": address}
+    raise ConfigError(f"unknown sink {spec!r}: use stdout, csv:PATH, mqtt://[user:pass@]host[:port][/prefix], "
+                      "mqtts://..., prometheus[:[HOST:]PORT]")
+
+
+def build_sinks(args, runtime, device: str, specs=None) -> list:
     from .sinks import CsvFileSink, JsonLinesSink, MqttSink, PrometheusSink
 
     sinks = []
-    for spec in args.sink or ["stdout"]:
-        if spec == "stdout":
+    for kind, options in specs if specs is not None else [parse_sink(spec, args) for spec in args.sink or ["stdout"]]:
+        if kind == "stdout":
             sinks.append(JsonLinesSink())
-        elif spec.startswith("csv:"):
-            sinks.append(CsvFileSink(spec[4:], runtime.output_size, sync_every=args.sync_every))
-        elif spec.startswith(("mqtt://", "mqtts://")):
-            url = urlparse(spec)
-            tls = url.scheme == "mqtts"
-            sinks.append(MqttSink(host=url.hostname or "127.0.0.1", port=url.port or (8883 if tls else 1883),
-                                  prefix=(url.path or "/edgelstm").strip("/") or "edgelstm", device=device,
-                                  username=url.username, password=url.password,
-                                  tls_ca=args.mqtt_ca if tls else None))
-        elif spec.startswith("prometheus"):
-            port = int(spec.split(":", 1)[1]) if ":" in spec else 9108
-            sinks.append(PrometheusSink(port=port, address=args.metrics_address))
+        elif kind == "csv":
+            sinks.append(CsvFileSink(options["path"], runtime.output_size, sync_every=args.sync_every))
+        elif kind == "mqtt":
+            sinks.append(MqttSink(device=device, **options))
         else:
-            raise SystemExit(f"edgelstm: error: unknown sink {spec!r}")
+            sinks.append(PrometheusSink(**options))
     return sinks
 
 
@@ -79,11 +119,12 @@ def run_bridge(args) -> int:
 
     from .bridge import Bridge
 
+    specs = [parse_sink(spec, args) for spec in args.sink or ["stdout"]]  # a bad spec is refused before anything opens
     runtime = edgelstm.load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
     if args.state and args.state.exists():
         runtime.load_state(args.state)
     device = args.device or Path(urlparse(args.port).path or args.port).name or "device"
-    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=build_sinks(args, runtime, device),
+    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=build_sinks(args, runtime, device, specs),
                     alarms=args.alarm, device=device, queue_size=args.queue, reset_on_reconnect=args.reset_on_reconnect,
                     state_path=args.state)
     done = threading.Event()

@@ -1,7 +1,10 @@
 """The ``edgelstm`` command line.
 
 Every subcommand exits 0 on success and, on a user error, prints one line
-``edgelstm: error: <what, where>`` to stderr and exits 2. ``--json`` prints a
+``edgelstm: error: <what, where>`` to stderr and exits 2: an :class:`EdgeLSTMError`, a file
+that cannot be opened, a module a missing extra would install (the message names the extra),
+or an argument argparse refuses (before any work starts). Anything else is a bug: one line,
+exit 1. ``--debug`` (anywhere on the line) shows the traceback instead. ``--json`` prints a
 machine-readable result on stdout instead of tables.
 """
 
@@ -13,10 +16,47 @@ import sys
 from pathlib import Path
 
 from edgelstm.errors import EdgeLSTMError
+from edgelstm.runtime.targets import FORMATS, QUANTS  # what convert knows; a device profile names one of them
 
 
 def _csv_list(text: str) -> list:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _choices_list(choices: tuple, allow_all: bool = False):
+    """An argparse type: a comma list whose every item is one of ``choices`` (or ``all``)."""
+
+    def parse(text: str) -> list:
+        items = _csv_list(text)
+        if allow_all and items == ["all"]:
+            return list(choices)
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(unknown) or repr(text)}: choose from {', '.join(choices)}" + (" or 'all'" if allow_all else ""))
+        return items
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
 
 
 def _add_convert(sub) -> None:
@@ -25,23 +65,24 @@ def _add_convert(sub) -> None:
     p.add_argument("--calibration", required=True, type=Path, help=".npy/.npz/.csv/C-MAPSS .txt or a recipe .json")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     p.add_argument("--target", default="x86_64", help="device profile from targets/ (default x86_64)")
-    p.add_argument("--formats", type=_csv_list, help="comma list of tflite,onnx (default: the target's)")
-    p.add_argument("--quant", type=_csv_list, help="comma list of int8,float16,dynamic,float32,int16x8 or 'all'")
+    p.add_argument("--formats", type=_choices_list(FORMATS), help="comma list of tflite,onnx (default: the target's)")
+    p.add_argument("--quant", type=_choices_list(QUANTS, allow_all=True),
+                   help="comma list of int8,float16,dynamic,float32,int16x8 or 'all' (default: the target's)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="fit this on the calibration data")
     p.add_argument("--scaler", type=Path, help="JSON scaler the model was trained with (overrides --normalization)")
     p.add_argument("--features", type=_csv_list, help="feature columns (CSV) or C-MAPSS columns")
     p.add_argument("--group", help="CSV column that groups rows into sequences")
     p.add_argument("--eval", dest="eval_data", type=Path, help="held-out data for the report (default: a share of the calibration data)")
-    p.add_argument("--holdout", type=float, default=0.2, help="share of calibration sequences held out (default 0.2)")
-    p.add_argument("--max-samples", type=int, default=20_000, help="representative steps for the TFLite quantizer (default 20000)")
-    p.add_argument("--onnx-samples", type=int, default=2_000, help="representative steps for onnxruntime's quantizer (default 2000; it holds all in memory)")
-    p.add_argument("--long-steps", type=int, default=10_000, help="length of the long-stream drift check")
-    p.add_argument("--window", type=int, help="window length: of a window model (Bidirectional, autoencoder, Conv1D, "
+    p.add_argument("--holdout", type=_fraction, default=0.2, help="share of calibration sequences held out (default 0.2)")
+    p.add_argument("--max-samples", type=_positive_int, default=20_000, help="representative steps for the TFLite quantizer (default 20000)")
+    p.add_argument("--onnx-samples", type=_positive_int, default=2_000, help="representative steps for onnxruntime's quantizer (default 2000; it holds all in memory)")
+    p.add_argument("--long-steps", type=_positive_int, default=10_000, help="length of the long-stream drift check")
+    p.add_argument("--window", type=_positive_int, help="window length: of a window model (Bidirectional, autoencoder, Conv1D, "
                    "go_backwards) whose input shape does not fix it; or of a step model trained on fixed windows "
                    "(the runtime then runs it over the last N readings)")
-    p.add_argument("--window-samples", type=int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
-    p.add_argument("--eval-windows", type=int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
-    p.add_argument("--cell-groups", type=int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
+    p.add_argument("--window-samples", type=_positive_int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
+    p.add_argument("--eval-windows", type=_positive_int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
+    p.add_argument("--cell-groups", type=_positive_int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_convert)
@@ -50,9 +91,7 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from edgelstm.convert.pipeline import ConvertOptions, convert
     from edgelstm.convert.fidelity import format_table
-    from edgelstm.runtime.targets import QUANTS
-
-    quant = list(QUANTS) if args.quant == ["all"] else args.quant
+    quant = args.quant
     options = ConvertOptions(
         model=args.model,
         calibration=args.calibration,
@@ -229,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile, _add_bundle_add):
         add(sub)
@@ -241,17 +281,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Which extra installs a module a subcommand may miss on this install.
+EXTRAS = {"tensorflow": "convert", "keras": "convert", "h5py": "convert", "onnx": "convert", "tqdm": "convert",
+          "matplotlib": "convert", "onnxruntime": "onnx-runtime", "serial": "bridge", "cobs": "bridge",
+          "paho": "bridge", "prometheus_client": "bridge", "ai_edge_litert": "runtime"}
+#: Subcommands that run on the workstation: a module they miss comes with the convert extra.
+WORKSTATION_COMMANDS = ("convert", "inspect", "demo")
+
+
+def missing_extra_message(command: str, module: str) -> str:
+    top = (module or "").split(".")[0]
+    extra = "convert" if command in WORKSTATION_COMMANDS else EXTRAS.get(top)
+    if extra is None:
+        return f"{command} needs the Python module {module!r}, which is not installed"
+    return f"{command} needs {top!r}, which this install lacks: pip install 'edgelstm[{extra}]'"
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except EdgeLSTMError as exc:
-        print(f"edgelstm: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("edgelstm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # one error path for every subcommand
+        if debug:
+            raise
+        code, message = describe_failure(args.command, exc)
+        print(f"edgelstm: {message}", file=sys.stderr)
+        return code
+
+
+def describe_failure(command: str, exc: Exception) -> tuple:
+    """``(exit code, one line)`` for an exception that ended a subcommand."""
+    if isinstance(exc, EdgeLSTMError):
+        return 2, f"error: {exc}"
+    if isinstance(exc, ModuleNotFoundError):
+        return 2, f"error: {missing_extra_message(command, exc.name)}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return 2, f"error: {exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return 2, f"error: {exc}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return 1, (f"internal error in '{command}': {type(exc).__name__}" + (f": {first}" if first else "")
+               + " (a bug in edgelstm; rerun with --debug for the traceback)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ small temporary of the fancy-indexed state copy (a gather of the state bytes).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 
 from .interpreters import tflite_interpreter_module
@@ -116,8 +120,28 @@ def open_interpreter(model_path, threads: int = 1, interpreter: str | None = Non
             shape = shapes[index]
             if int(shape[0]) != batch:
                 opened.resize_tensor_input(index, [batch] + [int(v) for v in shape[1:]], strict=False)
-    opened.allocate_tensors()
+    with _native_stderr_silenced():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" here
+        opened.allocate_tensors()
     return engine, version, opened
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the duration: native libraries' INFO lines go
+    there, below Python (errors still arrive as Python exceptions, with their messages)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it alone
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _Stepper:
