@@ -80,11 +80,11 @@ def test_loop_url_and_int16_frames(cmapss_bundle, units):
     bridge = _start(Bridge("loop://", runtime, sinks=[sink]))
     engine = units[0][:20]
     for i, values in enumerate(engine):
-        bridge._port.write(encode_frame(i, i * 1000, values, INT16, scale=0.05))
+        bridge._port.write(encode_frame(i, i * 1000, values, INT16, scale=0.5))
     assert bridge.wait(lambda: len(sink.predictions()) == 20, 5)
     bridge.stop()
     assert [e["t_device_us"] for e in sink.predictions()] == [i * 1000 for i in range(20)]
-    quantized = np.clip(np.rint(engine.astype(np.float64) / 0.05), -32768, 32767).astype(np.float32) * np.float32(0.05)
+    quantized = np.clip(np.rint(engine.astype(np.float64) / 0.5), -32768, 32767).astype(np.float32) * np.float32(0.5)
     expected = edgelstm.load(cmapss_bundle).run(quantized)[:, 0]
     assert np.allclose([e["y"][0] for e in sink.predictions()], expected)
 

@@ -23,10 +23,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 import numpy as np
 
 from .interpreters import tflite_interpreter_module
+
+# An absurd reading (1e30) overflows float32 while it is normalised and measured; it is refused
+# right after (StreamRuntime's max_deviation), so numpy's overflow warnings from here say nothing.
+warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning, module=__name__)
 
 
 def quantize_into(out: np.ndarray, values: np.ndarray, scale: float, zero_point: int) -> None:
@@ -210,6 +215,8 @@ class TFLiteStepper(_Stepper):
         self.x_quantized = self._x.dtype != np.float32 and not self.x_token
         self._copy_state = arena_copier(self.state, self._state_out)
         self._tmp = np.empty(self._x.shape, np.float32)
+        # what step_within measures: the normalised reading, where the input is computed
+        self._normalized_flat = (self._tmp if self.x_quantized else self._x).reshape(-1)
         if self.x_quantized:
             info = np.iinfo(self._x.dtype)
             self._x_low = np.full(self._x.shape, info.min, np.float32)
@@ -260,9 +267,48 @@ class TFLiteStepper(_Stepper):
         tmp = self._tmp
         np.subtract(x, self._offset, out=tmp)
         np.multiply(tmp, self._factor, out=tmp)
+        self._finish_quantize()
+
+    def _finish_quantize(self) -> None:
+        tmp = self._tmp
         np.add(tmp, self._x_zero, out=tmp)
         _clip(tmp, self._x_low, self._x_high, out=tmp)
         np.rint(tmp, out=self._x, casting="unsafe")
+
+    @property
+    def normalized_unit(self) -> float | None:
+        """How many normalised units one unit of :meth:`step_within`'s distance is (the input
+        grid's scale for an integer ``x``); ``None`` when this stepper cannot measure it."""
+        if self.x_token or self._write_x is self._copy_x:
+            return None
+        return float(self.inputs["x"]["quantization"][0]) if self.x_quantized else 1.0
+
+    def step_within(self, x: np.ndarray, limit2: float):
+        """:meth:`step`, unless the normalised readings' summed squares exceed ``limit2`` (in
+        :attr:`normalized_unit` squared) or are not finite: then nothing runs, no state
+        changes, and ``None`` returns. The check is one dot product on the normalisation's own
+        result, the same cost as a finiteness check of the raw reading."""
+        if self.x_quantized:
+            tmp = self._tmp
+            np.subtract(x, self._offset, out=tmp)
+            np.multiply(tmp, self._factor, out=tmp)
+            flat = self._normalized_flat
+            if not flat.dot(flat) <= limit2:  # an absurd reading overflows to inf: refused too
+                return None
+            np.add(tmp, self._x_zero, out=tmp)
+            _clip(tmp, self._x_low, self._x_high, out=tmp)
+            np.rint(tmp, out=self._x, casting="unsafe")
+        else:
+            np.subtract(x, self._offset, out=self._x)
+            np.multiply(self._x, self._factor, out=self._x)
+            flat = self._normalized_flat
+            if not flat.dot(flat) <= limit2:
+                return None
+        self._invoke()
+        self._copy_state()
+        if self._y_float is not None:
+            self._dequantize_y()
+        return self._y_result
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """One step of every stream: ``x`` is ``(batch, features)``; returns ``y`` (read-only,

@@ -26,6 +26,7 @@ reconstruction itself stays in ``runtime.reconstruction``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -42,6 +43,15 @@ from .interpreters import available_backends, tflite_interpreter_module
 from math import isfinite as _isfinite
 
 BAD_INPUT_POLICIES = ("error", "skip", "hold")
+#: Default bound of a plausible reading, in calibration standard deviations from the calibration
+#: mean. Far beyond any real sensor excursion (a C-MAPSS engine at failure is within 10), far
+#: below what breaks a float32 model (1e30).
+MAX_DEVIATION = 1000.0
+#: A float model's state is checked for non-finite values every this many steps (and whenever
+#: an output is not finite).
+STATE_CHECK_EVERY = 64
+#: After a state reset a stream's health is ``degraded`` for this many steps.
+RESET_DEGRADED_STEPS = 100
 TFLITE_BACKENDS = ("litert", "tflite_runtime", "tensorflow")
 BACKENDS = TFLITE_BACKENDS + ("onnxruntime", "numpy")
 #: Delegate libraries a manifest may name (loading a library runs its code: never a path from a file).
@@ -59,7 +69,7 @@ EDGETPU_SUFFIX = "_edgetpu.tflite"
 
 def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, model: str | None = None,
          on_bad_input: str = "error", window: int | None = None, delegate: str | None = "target",
-         monitor: bool = True, thresholds=None) -> "StreamRuntime":
+         monitor: bool = True, thresholds=None, max_deviation: float | None = MAX_DEVIATION) -> "StreamRuntime":
     """Open a bundle for streaming.
 
     ``backend``: ``auto`` (the best installed: LiteRT, tflite_runtime, tensorflow.lite,
@@ -71,6 +81,10 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
     (batch 1: ``streams=1``); without one it is never chosen (only libedgetpu runs it). ``monitor``: watch input drift, int8
     saturation and stuck sensors (:mod:`edgelstm.runtime.monitor`; ``thresholds`` a
     :class:`~edgelstm.runtime.monitor.Thresholds`), reported by ``health()`` and ``events()``.
+    ``max_deviation``: a reading value more than this many calibration standard deviations from
+    the calibration mean is a bad reading (the ``on_bad_input`` policy applies): the model never saw
+    anything like it, and one such value (1e30 passes a finiteness check) can poison a float
+    state for ever. ``None`` turns the check off.
     """
     if on_bad_input not in BAD_INPUT_POLICIES:
         raise ValueError(f"on_bad_input must be one of {', '.join(BAD_INPUT_POLICIES)}")
@@ -101,7 +115,8 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
                 raise BackendUnavailableError(f"backend '{name}' is not installed here ({exc})") from None
             errors.append(f"{name}: {exc}")
             continue
-        runtime = StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"))
+        runtime = StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"),
+                                max_deviation)
         if monitor and "reference" in manifest["input"]:
             from .monitor import DriftMonitor
 
@@ -228,7 +243,8 @@ def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, 
 class StreamRuntime:
     """A bundle's step model, stepping ``streams`` independent streams one reading at a time."""
 
-    def __init__(self, bundle: Bundle, backend: str, entry: dict, stepper, streams: int, on_bad_input: str, window: int | None):
+    def __init__(self, bundle: Bundle, backend: str, entry: dict, stepper, streams: int, on_bad_input: str, window: int | None,
+                 max_deviation: float | None = MAX_DEVIATION):
         self.bundle = bundle
         self.backend = backend
         self.model_file = entry["file"]
@@ -272,6 +288,14 @@ class StreamRuntime:
         self._held = 0
         self.monitor = None  # set by load() when the manifest carries reference statistics
         self._state_layout = self._layout(manifest)
+        self._bounded = self._bound_check(manifest, max_deviation)
+        #: float state (float32/float16/dynamic models) can turn non-finite; int8 state cannot
+        # (a window run starts every window from a zero state: nothing can persist there)
+        self._float_state = any(q is None for q in stepper.state_quant) and bool(stepper.state) and not self.window
+        self._ones_y = np.ones(streams * self.output_size, np.float32)
+        self._state_resets = 0
+        self._last_reset_step = np.full(streams, -(10**9), np.int64)
+        self._events = []
         if self.window:
             self._ring = np.zeros((streams, self.window, self.n_features), np.float32)
             self._filled = np.zeros(streams, np.int64)
@@ -284,17 +308,21 @@ class StreamRuntime:
         Returns the output ``(outputs,)`` or ``(streams, outputs)``: a read-only array that
         the next step overwrites (copy it to keep it).
 
-        The fast path (a float array of the expected shape, all finite, no window) checks
-        finiteness with one dot product (NaN and Inf propagate into it) and goes straight
-        to the model; anything else goes through :meth:`_checked_step`.
+        The fast path (a float array of the expected shape, every value finite and within
+        ``max_deviation``, no window) checks the bound with one dot product on the normalised
+        reading (NaN and Inf propagate into it) and goes straight to the model; anything else
+        goes through :meth:`_checked_step`, which names the bad value.
         """
         try:
-            fast = x.shape == self._reading_shape and x.dtype.kind == "f" and _isfinite(x.reshape(-1).dot(self._ones) if not self._single else x.dot(self._ones))
+            fast = x.shape == self._reading_shape and x.dtype.kind == "f"
         except AttributeError:
             fast = False
-        if fast and self._plain:
-            y = self._stepper_step(x)
+        if fast and self._plain and (y := self._bounded(x)) is not None:
             self._total += 1
+            # NaN reaches the output at once; an infinite cell state may hide behind a saturated
+            # tanh, so the state itself is looked at every STATE_CHECK_EVERY steps
+            if self._float_state and (not self._total % STATE_CHECK_EVERY or not _isfinite(y.reshape(-1).dot(self._ones_y))):
+                y = self._repair_state(y)
             if self.monitor is not None:
                 self.monitor.observe(x)
             if self._last_good is not None:
@@ -312,23 +340,90 @@ class StreamRuntime:
 
     @property
     def counters(self) -> dict:
-        return {"steps": self._total, "rejected": self._rejected, "held": self._held}
+        return {"steps": self._total, "rejected": self._rejected, "held": self._held, "state_resets": self._state_resets}
 
     def _advance(self, values, rejected=None) -> np.ndarray:
         y = self._window_step(values) if self.window else self._stepper_step(values)
         self._total += 1
+        if self._float_state and (not self._total % STATE_CHECK_EVERY or not np.all(np.isfinite(y))):
+            y = self._repair_state(y)
         if self.monitor is not None and not self.vocabulary:
             self.monitor.observe(values, rejected)
         return y
 
     def events(self) -> list:
-        """Drift, saturation and stuck-sensor events since the last call (and clears them)."""
-        return self.monitor.drain() if self.monitor is not None else []
+        """Drift, saturation and stuck-sensor events, and state resets, since the last call (and clears them)."""
+        events, self._events = self._events, []
+        return events + (self.monitor.drain() if self.monitor is not None else [])
+
+    def _bound_check(self, manifest: dict, max_deviation: float | None):
+        """The fast path's step function: it returns ``None``, without stepping, for a reading
+        that is not finite or has a value beyond ``max_deviation`` (then :meth:`_checked_step`
+        finds which). Where the stepper normalises with the calibration z-score (the usual
+        case), the bound is one dot product on its own normalised input."""
+        self.max_deviation = max_deviation
+        stats = manifest["input"].get("calibration_stats") or {}
+        if self.vocabulary or not max_deviation or "mean" not in stats:
+            self._limit = None
+            ones = self._ones
+            step = self._stepper_step
+            if self._single:
+                return lambda x: step(x) if _isfinite(x.dot(ones)) else None
+            return lambda x: step(x) if _isfinite(x.reshape(-1).dot(ones)) else None
+        self._mean = np.asarray(stats["mean"], np.float64)
+        std = np.asarray(stats["std"], np.float64)
+        self._spread = np.where(std > 0, std, np.maximum(self._scale.astype(np.float64), 1e-12))
+        self._limit = max_deviation * self._spread
+        # summed squares over every stream <= max_deviation^2 implies every value within bound
+        unit = getattr(self._stepper, "normalized_unit", None)
+        # the stepper's normalisation is (close to) the calibration z-score: its result measures the bound
+        zscore = (manifest["input"]["normalization"].get("kind") == "zscore"
+                  and np.all(np.abs(self._offset - self._mean) <= 0.1 * self._spread)
+                  and np.all(np.abs(self._scale / self._spread - 1.0) <= 0.1))
+        if unit and zscore and self.model_entry.get("input", "normalized") == "normalized":
+            return functools.partial(self._stepper.step_within, limit2=float(max_deviation / unit) ** 2)
+        mean, inverse = self._mean, 1.0 / (max_deviation * self._spread)
+        buffer = np.empty(self._reading_shape, np.float64)  # squares of 1e30 stay finite
+        flat = buffer.reshape(-1)
+        step = self._stepper_step
+
+        def general(x):
+            np.subtract(x, mean, out=buffer)
+            np.multiply(buffer, inverse, out=buffer)
+            return step(x) if flat.dot(flat) <= 1.0 else None
+
+        return general
+
+    def _repair_state(self, y) -> np.ndarray:
+        """A stream whose float state became non-finite is reset (and says so) instead of
+        emitting NaN (or a saturated unit) for ever; its output for this step is NaN. Returns
+        ``y`` itself when nothing is broken."""
+        broken = ~np.isfinite(np.reshape(y, (self.streams, self.output_size))).all(axis=1)
+        for array in self._stepper.state:
+            broken |= ~np.isfinite(array.reshape(self.streams, -1)).all(axis=1)
+        if not broken.any():
+            return y
+        y = np.array(y, np.float32).reshape(self.streams, self.output_size)
+        for stream in np.flatnonzero(broken):
+            self._stepper.reset(int(stream))
+            if self.window:
+                self._filled[stream] = 0
+            self._state_resets += 1
+            self._last_reset_step[stream] = self._total
+            self._events.append({"event": "state_reset", "stream": int(stream), "step": int(self._total),
+                                 "reason": "the model's state became non-finite; the stream starts again from a zero state"})
+            y[stream] = np.nan
+        return y
 
     def health(self) -> dict:
         """The monitor's statistics and flags per stream and feature, an overall status
         (``ok``, ``degraded``, ``failing``, ``warming_up``) and the runtime's counters."""
         report = self.monitor.health() if self.monitor is not None else {"status": "unmonitored", "streams": []}
+        recent = (self._total - self._last_reset_step) < RESET_DEGRADED_STEPS
+        if recent.any():
+            report["status"] = "failing" if recent.all() and report["status"] == "failing" else (
+                report["status"] if report["status"] == "failing" else "degraded")
+            report["state_reset_streams"] = np.flatnonzero(recent).tolist()
         report["counters"] = self.counters
         report["bundle_id"] = self.bundle.bundle_id
         report["model"] = self.model_file
@@ -374,13 +469,20 @@ class StreamRuntime:
                 )
             return self._reject_all(f"readings have shape {array.shape}; expected {expected} for {self.streams} stream(s)")
         values = array.astype(np.float32)
-        bad = ~np.isfinite(values)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = ~np.isfinite(values)
+            if self._limit is not None:
+                bad |= np.abs(values.astype(np.float64) - self._mean) > self._limit
         if bad.any():
             stream, feature = (int(v) for v in np.argwhere(bad)[0])
             if self.on_bad_input == "error":
+                value = values[stream, feature]
+                why = "" if not np.isfinite(value) else (
+                    f", {abs(float(value) - self._mean[feature]) / self._spread[feature]:.3g} calibration standard "
+                    f"deviations from the calibration mean (the limit is max_deviation={self.max_deviation:g})")
                 raise InputError(
                     f"stream {stream}: feature '{self.feature_names[feature]}' (index {feature}) is "
-                    f"{values[stream, feature]}; the reading was rejected and no state changed"
+                    f"{value}{why}; the reading was rejected and no state changed"
                 )
             rows_bad = bad.any(axis=1)
             if self.on_bad_input == "hold":
