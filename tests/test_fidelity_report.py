@@ -98,3 +98,31 @@ def test_a_streaming_model_is_measured_at_every_step_as_the_runtime_streams_it(c
     assert abs(measured["rmse"] - rmse) <= 1e-3 * rmse
     assert abs(measured["relative_rmse"] - rmse / spread) <= 2e-3 * measured["relative_rmse"]
     assert report["verdict"]["lines"] and report["held_out"]["output_std"] > 0
+
+
+def test_the_report_names_the_costliest_int8_tensors_from_a_replay_that_matches_the_interpreter(cmapss_bundle):
+    from edgelstm.convert.attribution import Replay
+
+    report = json.loads((cmapss_bundle / "report.json").read_text())
+    attribution = report["attribution"]
+    costs = [c["relative_rmse_alone"] for c in attribution["costliest"]]
+    assert len(costs) == 3 and costs == sorted(costs, reverse=True) and costs[0] > 0
+    assert all(c["tensors"] and not c["tensors"].startswith("other") for c in attribution["costliest"])
+    # the replay with every tensor on its grid is the int8 model: same error as the interpreter's
+    manifest = json.loads((cmapss_bundle / "manifest.json").read_text())
+    normalization = Normalization.from_json(manifest["input"]["normalization"], manifest["input"]["n_features"])
+    sequences = load_cmapss(TEST_SET).sequences[:5]
+    replay = Replay(cmapss_bundle / "step_int8_stream.tflite")
+    reference = Replay(cmapss_bundle / "step_float32.tflite")
+    runtime = edgelstm.load(cmapss_bundle, model="step_int8_stream.tflite")
+    every = frozenset(i for i in replay.grid if i not in replay.constants)
+    for sequence in sequences:
+        z = normalization.apply(sequence)[None]
+        replayed, expected = replay.run(z, every)[0, :, 0], reference.run(z)[0, :, 0]
+        runtime.reset()
+        interpreted = runtime.run(sequence)[:, 0]
+        off = np.sqrt(np.mean((interpreted - expected) ** 2))
+        assert abs(np.sqrt(np.mean((replayed - expected) ** 2)) - off) <= 0.1 * off + 1e-3
+    printed = run_cli("convert", EXAMPLE_MODEL, "--calibration", RECIPE, "--eval", TEST_SET, "--formats", "tflite",
+                      "--quant", "int8,float32", "--long-steps", "1000", "--out", cmapss_bundle.parent / "again").stdout
+    assert "Costliest int8 tensors" in printed and "1. layer" in printed

@@ -83,6 +83,8 @@ def _add_convert(sub) -> None:
     p.add_argument("--window-samples", type=_positive_int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
     p.add_argument("--eval-windows", type=_positive_int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
     p.add_argument("--cell-groups", type=_positive_int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
+    p.add_argument("--attribution-sequences", type=int, default=16,
+                   help="held-out sequences the int8 error attribution replays in numpy (default 16; 0: no attribution)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_convert)
@@ -109,6 +111,7 @@ def _run_convert(args) -> int:
         onnx_samples=args.onnx_samples,
         long_steps=args.long_steps,
         cell_groups=args.cell_groups,
+        attribution_sequences=args.attribution_sequences,
         window=args.window,
         window_samples=args.window_samples,
         eval_windows=args.eval_windows,

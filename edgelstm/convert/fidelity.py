@@ -221,6 +221,14 @@ def format_table(report: dict) -> str:
                          f"{m['anomaly_score']['mean_abs_error']:>11.4g}{m['anomaly_score']['rmse']:>11.4g}"
                          f"{100 * m['anomaly_score']['relative_rmse']:>9.2f}%")
     lines.append("drift = RMSE of the last long-stream block / RMSE of the first (1.0 = flat; - without a long stream)")
+    attribution = report.get("attribution") or {}
+    if attribution.get("costliest"):
+        lines.append(f"Costliest int8 tensors, each alone on its grid (weights float; replay of the int8 model: "
+                     f"{100 * attribution['replay_relative_rmse']:.2f} % on {attribution['sequences']} sequences, "
+                     f"{attribution['measured_at']}):")
+        lines += [f"  {k}. {c['tensors']}: {100 * c['relative_rmse_alone']:.2f} %" for k, c in enumerate(attribution["costliest"], 1)]
+    elif attribution.get("skipped"):
+        lines.append(f"Error attribution skipped: {attribution['skipped']}")
     decision = report.get("verdict") or verdict(report)
     lines += ["Verdict:"] + [f"  {line}" for line in decision["lines"]] + decision["warnings"]
     return "\n".join(lines)

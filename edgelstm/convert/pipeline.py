@@ -61,6 +61,7 @@ class ConvertOptions:
     # model trained on windows (the runtime then reruns it over the last N readings)
     drift_bins: int = 10  # quantile bins of the drift reference per feature
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
+    attribution_sequences: int = 16  # held-out sequences the error attribution replays (0: none)
     seed: int = 0
     progress: bool = True
     extra_manifest: dict = field(default_factory=dict)
@@ -237,6 +238,8 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             except ValueError as exc:
                 raise CalibrationError(f"held-out data: {exc}") from None
     report["verdict"] = fidelity.verdict(report)
+    if not window_model and options.attribution_sequences:
+        report["attribution"] = _attribution(network, models, out, held_out.sequences, normalization, report, options)
     report["skipped"] = skipped
     files = []
     write_json_atomic(out / "report.json", report)
@@ -346,6 +349,34 @@ def _outputs(network) -> list:
     if network.mode == "window" and mode == "sequence":
         mode = "last_of_window"
     return [{"name": "y", "size": network.output_size, "mode": mode}]
+
+
+def _attribution(network, models: list, out: Path, held_out: list, normalization, report: dict, options) -> dict | None:
+    """Which tensors' int8 quantization costs the most at the output that matters (see
+    :mod:`.attribution`), on a seeded sample of the held-out sequences (or windows)."""
+    from .attribution import attribute
+
+    files = {(m["quant"], m["io"]): m["file"] for m in models if m["format"] == "tflite"}
+    int8 = files.get(("int8", "stream")) or files.get(("int8", "quantized"))
+    if int8 is None or network.input_kind == "token":
+        return None
+    reference = next((file for (quant, _), file in files.items() if quant == "float32"), None)
+    if reference is None:
+        return {"skipped": "needs the float32 TFLite model as its reference: add float32 to --quant"}
+    rng = np.random.default_rng(options.seed)
+    use = report["uses"][0]
+    if use == "last_of_window":
+        pieces = list(fidelity.windows_of(held_out, options.window, options.attribution_sequences, options.seed))
+    else:
+        count = min(options.attribution_sequences, len(held_out))
+        pieces = [held_out[i] for i in np.sort(rng.choice(len(held_out), size=count, replace=False))]
+    sequences = [normalization.apply(p) for p in pieces]
+    try:
+        with quiet_native_output():
+            return attribute(out / int8, out / reference, sequences, report["held_out"]["output_std"],
+                             last_only=use != "every_step")
+    except NotImplementedError as exc:  # an op the replay does not know: the report says so
+        return {"skipped": str(exc)}
 
 
 def _int8_input_range(models: list, normalization, raw_all) -> tuple:

@@ -40,20 +40,24 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
         state = dict(zip(names, state_list))
         value = x
         outputs = {}
-        k = 0
+        k = d = 0
         for layer in net.layers:
             if isinstance(layer, LSTMLayer):
                 h = state[f"h_{k}"]
                 gate, act = layer.recurrent_activation, layer.activation
                 h_parts, start = [], 0
-                for cell_name, size in zip(plan.cell_names(k), plan.layers[k].sizes):
+                for j, (cell_name, size) in enumerate(zip(plan.cell_names(k), plan.layers[k].sizes)):
                     columns = group_columns(layer.units, start, size)
-                    from_input = tf.matmul(value, tf.constant(layer.kernel[:, columns])) + tf.constant(layer.bias[columns])
-                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns]))
-                    i, f, g, o = tf.split(from_input + from_state, 4, axis=1)
-                    c_new = activation(tf, gate, f) * state[cell_name] + activation(tf, gate, i) * activation(tf, act, g)
+                    tag = f"__L{k}g{j}"  # tensor names the error attribution reads (ROLE__L<layer>g<group>)
+                    from_input = tf.add(tf.matmul(value, tf.constant(layer.kernel[:, columns])),
+                                        tf.constant(layer.bias[columns]), name="zx" + tag)
+                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns]), name="zh" + tag)
+                    i, f, g, o = tf.split(tf.add(from_input, from_state, name="z" + tag), 4, axis=1)
+                    forget = tf.multiply(activation(tf, gate, f), state[cell_name], name="fc" + tag)
+                    update = tf.multiply(activation(tf, gate, i), activation(tf, act, g), name="ig" + tag)
+                    c_new = tf.add(forget, update, name="c" + tag)
                     outputs[f"{cell_name}_out"] = c_new
-                    h_parts.append(activation(tf, gate, o) * activation(tf, act, c_new))
+                    h_parts.append(tf.multiply(activation(tf, gate, o), activation(tf, act, c_new), name="h" + tag))
                     start += size
                 value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
                 outputs[f"h_{k}_out"] = value
@@ -63,9 +67,9 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
                 outputs[f"h_{k}_out"] = value
                 k += 1
             elif isinstance(layer, DenseLayer):
-                value = activation(
-                    tf, layer.activation, tf.matmul(value, tf.constant(layer.kernel)) + tf.constant(layer.bias)
-                )
+                dense = tf.add(tf.matmul(value, tf.constant(layer.kernel)), tf.constant(layer.bias), name=f"dense__D{d}")
+                value = activation(tf, layer.activation, dense)
+                d += 1
             elif isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
                 value = tf.gather(tf.constant(layer.table), tf.reshape(value, [-1]))
         outputs["y"] = value
