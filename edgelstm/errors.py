@@ -45,3 +45,7 @@ class BackendUnavailableError(EdgeLSTMError):
 
 class ConfigError(EdgeLSTMError):
     """A command-line option or configuration value is unusable (a bad sink spec, a port out of range, a missing file)."""
+
+
+class SinkError(EdgeLSTMError):
+    """A sink cannot deliver (broker refused us, TLS verification failed, disk full, ...): names the sink and the cause."""

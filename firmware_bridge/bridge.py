@@ -19,6 +19,7 @@ state file was given; the CLI calls it on SIGINT and SIGTERM.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class Bridge:
         self._port = None
         self.error: BaseException | None = None
         self.worker_errors = 0
+        self.unstepped = 0  # readings still queued when stop() gave up waiting
+        self._sinks_said = set()
         self.lock = threading.Lock()  # the runtime is stepped by the worker, read by /healthz and stop()
 
     # ---------------------------------------------------------------- lifecycle
@@ -100,14 +103,17 @@ class Bridge:
         for thread in self._threads:
             thread.join(timeout)
         alive = [t.name for t in self._threads if t.is_alive()]
+        self.unstepped = self._queue.qsize()
         self._close_port()
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:  # one failing sink must not keep the others from closing
-                self.error = self.error or exc
+                self._sink_failed(sink, exc)
         if alive:  # never save a state a thread may still be changing
-            self.error = self.error or RuntimeError(f"{', '.join(alive)} did not stop within {timeout} s; state not saved")
+            self.error = self.error or RuntimeError(
+                f"{', '.join(alive)} did not stop within {timeout} s ({self.unstepped} reading(s) left unstepped, "
+                "a sink blocked?); state not saved")
         elif self.state_path:
             with self.lock:
                 self.runtime.save_state(self.state_path)
@@ -139,6 +145,12 @@ class Bridge:
         status = runtime["status"] if runtime["status"] in ("ok", "degraded", "failing") else "ok"
         if age is None or age > stale_after:
             status = "failing"
+        sinks = self.sink_report()
+        delivering = [r for r in sinks if not r["sink"].startswith("prometheus")]
+        if delivering and all(r["status"] == "failing" for r in delivering):
+            status = "failing"  # nothing the bridge computes reaches anyone
+        elif any(r["status"] == "failing" for r in sinks) and status == "ok":
+            status = "degraded"
         elapsed = max(now - self.stats.started, 1e-9)
         counters = self.counters
         flags = {}
@@ -152,6 +164,7 @@ class Bridge:
             "uptime_s": round(now - self.stats.started, 3),
             "last_good_reading_age_s": None if age is None else round(age, 3),
             "worker_errors": self.worker_errors,
+            "sinks": sinks,
             "frames": {"good": counters["frames_good"], "bad": sum(counters.get(f"frames_{k}", 0) for k in ("crc_failed", "malformed", "oversized", "garbage", "wrong_count")),
                        "dropped": counters.get("frames_dropped", 0), "queue_overflow": counters["queue_overflow"]},
             "steps_per_s": round(self.stats.readings_stepped / elapsed, 3),
@@ -285,9 +298,12 @@ class Bridge:
         stats = self.stats
         stats.readings_stepped += 1
         stats.last_good_reading = time.time()
-        if values and values[0] != values[0]:  # a good reading, but the runtime's window is still filling
-            self._emit({"event": "filling", "device": self.device, "seq": frame.sequence,
-                        "window": self.runtime.window, "time": stats.last_good_reading})
+        if values and values[0] != values[0]:
+            if self.runtime.window:  # a good reading, but the runtime's window is still filling
+                self._emit({"event": "filling", "device": self.device, "seq": frame.sequence,
+                            "window": self.runtime.window, "time": stats.last_good_reading})
+            for monitor_event in monitor_events:  # a state_reset (the stream started again) says why
+                self._emit(dict(monitor_event, device=self.device, seq=frame.sequence, time=stats.last_good_reading))
             return
         event = {
             "event": "prediction", "device": self.device, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
@@ -309,5 +325,27 @@ class Bridge:
         for sink in self.sinks:
             try:
                 sink.emit(event)
-            except Exception as exc:  # a broken sink is recorded, never fatal for the stream
-                self.error = exc
+            except Exception as exc:  # a broken sink is counted and said, never fatal for the stream
+                self._sink_failed(sink, exc)
+
+    def _sink_failed(self, sink, exc) -> None:
+        from edgelstm.errors import SinkError
+
+        if not isinstance(exc, SinkError):  # the sink did not count it itself
+            sink.failures = getattr(sink, "failures", 0) + 1
+            sink.last_failure = str(exc)
+        name = getattr(sink, "name", type(sink).__name__)
+        if name not in self._sinks_said:  # one line per failing sink on stderr; the rest is counted
+            self._sinks_said.add(name)
+            print(f"edgelstm bridge: sink {name} failing: {exc}", file=sys.stderr, flush=True)
+        self.error = self.error or exc
+
+    def sink_report(self) -> list:
+        """Per sink: name, status (``ok`` or ``failing``), undelivered events and the last failure."""
+        report = []
+        for sink in self.sinks:
+            undelivered = sink.undelivered() if hasattr(sink, "undelivered") else 0
+            report.append({"sink": getattr(sink, "name", type(sink).__name__), "undelivered": undelivered,
+                           "status": "failing" if undelivered or getattr(sink, "failures", 0) else "ok",
+                           "last_failure": getattr(sink, "last_failure", None)})
+        return report

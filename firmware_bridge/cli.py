@@ -124,7 +124,10 @@ def run_bridge(args) -> int:
     if args.state and args.state.exists():
         runtime.load_state(args.state)
     device = args.device or Path(urlparse(args.port).path or args.port).name or "device"
-    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=build_sinks(args, runtime, device, specs),
+    sinks = build_sinks(args, runtime, device, specs)
+    for sink in sinks:  # a sink that cannot deliver at all is refused now, not discovered later
+        sink.check()
+    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=sinks,
                     alarms=args.alarm, device=device, queue_size=args.queue, reset_on_reconnect=args.reset_on_reconnect,
                     state_path=args.state)
     done = threading.Event()
@@ -135,7 +138,18 @@ def run_bridge(args) -> int:
     done.wait(args.duration)
     bridge.stop()
     print("edgelstm bridge: " + ", ".join(f"{k} {v}" for k, v in bridge.counters.items()), file=sys.stderr)
-    return 0
+    return _exit_status(bridge)
+
+
+def _exit_status(bridge) -> int:
+    """0 when everything read was stepped and delivered; else 1, with what was lost and why."""
+    lost = [r for r in bridge.sink_report() if r["undelivered"]]
+    for r in lost:
+        print(f"edgelstm bridge: error: sink {r['sink']}: {r['undelivered']} event(s) undelivered ({r['last_failure']})",
+              file=sys.stderr)
+    if bridge.error is not None and not lost:
+        print(f"edgelstm bridge: error: {bridge.error}", file=sys.stderr)
+    return 1 if lost or bridge.error is not None or bridge.unstepped else 0
 
 
 def run_simulate(args) -> int:

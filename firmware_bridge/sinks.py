@@ -3,6 +3,12 @@
 Every sink has ``emit(event)``, ``flush()`` and ``close()``; events are dicts with an
 ``"event"`` key: ``prediction`` (``seq``, ``t_device_us``, ``time``, ``y``, ``step_us``),
 ``alarm`` / ``clear`` (``rule``, ``value``) and ``rejected`` (``reason``).
+
+No sink fails quietly. ``check()`` runs before streaming and raises :class:`SinkError` when
+delivery is impossible from the start (the broker refuses the credentials, its certificate does
+not verify, the file cannot be opened); later failures are counted (``failures``,
+``last_failure``), and ``undelivered()`` says at the end how many events never arrived: the CLI
+prints it and exits non-zero.
 """
 
 from __future__ import annotations
@@ -12,16 +18,35 @@ import os
 import sys
 import threading
 
+from edgelstm.errors import SinkError
+
 
 class Sink:
+    """What every sink shares: a name for messages and the failure bookkeeping."""
+
+    name = "sink"
+    failures = 0  # events (or rows) this sink could not deliver
+    last_failure: str | None = None
+
     def emit(self, event: dict) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Raise :class:`SinkError` if this sink cannot deliver at all (called before streaming)."""
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
         self.flush()
+
+    def failed(self, count: int, cause) -> None:
+        self.failures += count
+        self.last_failure = str(cause)
+
+    def undelivered(self) -> int:
+        """Events this sink took and did not deliver (after ``close``: final)."""
+        return self.failures
 
 
 def _public(event: dict) -> dict:
@@ -31,44 +56,105 @@ def _public(event: dict) -> dict:
 class JsonLinesSink(Sink):
     """One JSON object per line on a text stream (stdout by default), flushed per line."""
 
+    name = "stdout"
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
 
     def emit(self, event: dict) -> None:
-        self.stream.write(json.dumps(_public(event)) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps(_public(event)) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # a closed pipe, a closed stream
+            self.failed(1, exc)
+            raise SinkError(f"stdout: {exc}") from None
 
 
 class CsvFileSink(Sink):
-    """Predictions appended to a CSV file, flushed and fsynced every ``sync_every`` lines."""
+    """Predictions appended to a CSV file, flushed and fsynced every ``sync_every`` lines.
+
+    A row counts as delivered once an fsync after it succeeded; rows a failed write or fsync
+    (a full disk) took with it are counted as undelivered, and the next row opens the file
+    again (the disk may have room by then)."""
 
     def __init__(self, path, outputs: int, sync_every: int = 100):
         self.path = path
+        self.name = f"csv:{path}"
         self.sync_every = max(1, int(sync_every))
-        exists = os.path.exists(path) and os.path.getsize(path) > 0
-        self._file = open(path, "a", buffering=1 << 16)
-        if not exists:
-            self._file.write(",".join(["time", "device", "seq", "t_device_us"] + [f"y{i}" for i in range(outputs)]) + "\n")
-        self._pending = 0
+        self._columns = ",".join(["time", "device", "seq", "t_device_us"] + [f"y{i}" for i in range(outputs)]) + "\n"
+        self._file = None
+        self._pending = 0  # rows written since the last successful fsync
+        self.rows = 0
+        self.synced = 0
+        try:
+            self._open()
+        except OSError as exc:
+            raise SinkError(f"{self.name}: cannot open ({exc.strerror or exc})") from None
+
+    def _open(self) -> None:
+        self._file = open(self.path, "a", buffering=1 << 16)
+        if self._file.tell() == 0:  # a new (or empty) file starts with the header
+            self._file.write(self._columns)
+
+    def check(self, timeout: float = 5.0) -> None:
+        """fsync what is written (the header of a new file): a full or read-only disk fails
+        here, before streaming."""
+        try:
+            self._sync()
+        except OSError as exc:
+            self._drop_file()
+            raise SinkError(f"{self.name}: cannot write ({exc.strerror or exc})") from None
 
     def emit(self, event: dict) -> None:
         if event["event"] != "prediction":
             return
         row = [f"{event['time']:.6f}", event["device"], str(event["seq"]), str(event["t_device_us"])]
-        self._file.write(",".join(row + [f"{v:.6g}" for v in event["y"]]) + "\n")
+        self.rows += 1
         self._pending += 1
-        if self._pending >= self.sync_every:
-            self.flush()
+        try:
+            if self._file is None:
+                self._open()
+            self._file.write(",".join(row + [f"{v:.6g}" for v in event["y"]]) + "\n")
+            if self._pending >= self.sync_every:
+                self._sync()
+        except OSError as exc:
+            self._lose(exc)
 
-    def flush(self) -> None:
+    def _sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.synced += self._pending
         self._pending = 0
 
-    def close(self) -> None:
-        if not self._file.closed:
-            self.flush()
+    def _drop_file(self) -> None:
+        """Close the file, dropping what its buffer could not write."""
+        try:
             self._file.close()
+        except OSError:
+            pass
+        self._file = None
+
+    def _lose(self, exc) -> None:
+        """A write or fsync failed: the rows not yet synced are lost, and counted."""
+        self.failed(self._pending, exc.strerror or exc)
+        self._pending = 0
+        self._drop_file()
+        raise SinkError(f"{self.name}: {exc.strerror or exc}; rows lost so far: {self.failures}") from None
+
+    def flush(self) -> None:
+        if self._pending and self._file is not None:
+            try:
+                self._sync()
+            except OSError as exc:
+                self._lose(exc)
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self.flush()
+            finally:
+                if self._file is not None:
+                    self._drop_file()
 
 
 class MqttSink(Sink):
@@ -87,6 +173,8 @@ class MqttSink(Sink):
                  max_queued: int = 100_000, keepalive: int = 30):
         import paho.mqtt.client as mqtt
 
+        self.host, self.port, self.tls_ca = host, port, tls_ca
+        self.name = f"{'mqtts' if (tls_ca or tls_cert) else 'mqtt'}://{host}:{port}"
         self.prefix, self.device, self.qos = prefix.rstrip("/"), device, qos
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"edgelstm-{device}-{os.getpid()}",
                                   clean_session=False)
@@ -110,9 +198,44 @@ class MqttSink(Sink):
         self.published = 0
         self.queued_offline = 0
         self.dropped = 0
+        self.unacknowledged = 0  # set by close(): messages the broker never acknowledged
         self._queue_full, self._no_connection = mqtt.MQTT_ERR_QUEUE_SIZE, mqtt.MQTT_ERR_NO_CONN
         self.client.connect_async(host, port, keepalive=keepalive)
         self.client.loop_start()
+
+    def check(self, timeout: float = 5.0) -> None:
+        """Wait for the broker's answer: refused credentials, a certificate that does not
+        verify or no broker at all are a :class:`SinkError` naming the cause."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.refused is not None:
+                raise SinkError(f"{self.name}: the broker refused the connection ({self.refused})")
+            if self.connected.wait(0.05):
+                return
+        raise SinkError(f"{self.name}: no connection within {timeout:g} s ({self._probe()})")
+
+    def _probe(self) -> str:
+        """Why a connection does not come up, from one plain attempt of our own."""
+        import socket
+        import ssl
+
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2) as raw:
+                if self.tls_ca is None and not self.name.startswith("mqtts"):
+                    return "the broker accepts TCP but did not answer MQTT"
+                context = ssl.create_default_context(cafile=self.tls_ca)
+                with context.wrap_socket(raw, server_hostname=self.host):
+                    return "TLS verifies, but the broker did not answer MQTT"
+        except ssl.SSLError as exc:
+            return f"TLS: {exc.reason or exc}"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+
+    def undelivered(self) -> int:
+        """Dropped from a full offline queue, plus (after ``close``) what was never acknowledged."""
+        return self.dropped + self.unacknowledged
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/{self.device}/{kind}"
@@ -122,6 +245,7 @@ class MqttSink(Sink):
         info = self.client.publish(self.topic(kind), json.dumps(_public(event)), qos=self.qos)
         if info.rc == self._queue_full:  # the offline queue is full: this one is lost, and counted
             self.dropped += 1
+            self.last_failure = "offline queue full"
         elif info.rc == self._no_connection:  # kept in paho's queue, sent after the reconnect
             self.queued_offline += 1
         else:
@@ -142,6 +266,9 @@ class MqttSink(Sink):
 
     def close(self) -> None:
         self.flush()
+        self.unacknowledged = len(getattr(self.client, "_out_messages", {}))
+        if self.unacknowledged:
+            self.last_failure = f"{self.unacknowledged} message(s) never acknowledged by the broker"
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -160,6 +287,7 @@ class PrometheusSink(Sink):
     def __init__(self, port: int = 9108, address: str = "127.0.0.1", registry=None):
         from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+        self.name = f"prometheus:{address}:{port}"
         self.registry = registry or CollectorRegistry()
         self.port, self.address = port, address
         self.latency = Histogram(

@@ -163,7 +163,26 @@ def test_tls_and_password_through_the_bridge_cli_options(tmp_path, cmapss_bundle
         refused.client.loop_stop()
         sink.emit({"event": "prediction", "device": "pump9", "seq": 0, "y": [1.0]})
         sink.close()
-        assert sink.published == 1
+        assert sink.published == 1 and sink.undelivered() == 0
+
+        # the bridge refuses to start when a sink cannot deliver at all, naming sink and cause (exit 2)
+        from .conftest import run_cli
+
+        def bridge_with(spec, ca):
+            return run_cli("bridge", "--port", "loop://", "--bundle", cmapss_bundle, "--sink", spec, "--mqtt-ca", ca,
+                           "--duration", "2", check=False)
+
+        wrong_password = bridge_with(f"mqtts://pi7:wrong@127.0.0.1:{port}/plant", tmp_path / "ca.crt")
+        assert wrong_password.returncode == 2 and "Traceback" not in wrong_password.stderr
+        assert f"mqtts://127.0.0.1:{port}" in wrong_password.stderr and "refused" in wrong_password.stderr
+        assert "authori" in wrong_password.stderr.lower()
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another-ca",
+            "-keyout", "other.key", "-out", "other.crt")
+        wrong_ca = bridge_with(f"mqtts://pi7:s3cret@127.0.0.1:{port}/plant", tmp_path / "other.crt")
+        assert wrong_ca.returncode == 2 and f"mqtts://127.0.0.1:{port}" in wrong_ca.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in wrong_ca.stderr or "certificate verify failed" in wrong_ca.stderr.lower()
+        good = bridge_with(f"mqtts://pi7:s3cret@127.0.0.1:{port}/plant", tmp_path / "ca.crt")
+        assert good.returncode == 0, good.stderr
     finally:
         broker.terminate()
         broker.wait(10)
@@ -175,3 +194,13 @@ def _port_open(port) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_no_broker_at_start_up_is_refused_naming_the_cause(cmapss_bundle):
+    from .conftest import run_cli
+
+    port = _free_port()  # nothing listens there
+    result = run_cli("bridge", "--port", "loop://", "--bundle", cmapss_bundle, "--sink", f"mqtt://127.0.0.1:{port}/plant",
+                     "--duration", "1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"mqtt://127.0.0.1:{port}" in result.stderr and "refused" in result.stderr.lower()
