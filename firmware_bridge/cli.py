@@ -14,9 +14,10 @@ from edgelstm.errors import ConfigError
 def add_commands(sub) -> None:
     p = sub.add_parser("bridge", help="read sensor frames from a serial port, step the runtime, publish predictions")
     p.add_argument("--port", required=True, help="device path (/dev/ttyACM0) or pyserial URL (loop://, socket://host:port, rfc2217://...)")
-    p.add_argument("--bundle", required=True, type=Path)
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--protocol", choices=("frame", "csv"), default="frame")
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle directory to step")
+    p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200)")
+    p.add_argument("--protocol", choices=("frame", "csv"), default="frame",
+                   help="binary COBS frames with CRC-32 (default) or CSV lines")
     p.add_argument("--sink", action="append", default=[],
                    help="stdout (default), csv:PATH, mqtt://[user:pass@]host[:port][/prefix], mqtts://..., "
                         "prometheus[:[HOST:]PORT] (repeatable)")
@@ -25,8 +26,9 @@ def add_commands(sub) -> None:
     p.add_argument("--metrics-address", default="127.0.0.1", help="address the Prometheus endpoint binds (default 127.0.0.1)")
     p.add_argument("--alarm", action="append", default=[], help="alarm rule, e.g. 'y0<30:35' (alarm below 30, clear above 35)")
     p.add_argument("--device", default=None, help="device name in events and topics (default: the port's name)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="skip")
+    p.add_argument("--backend", default="auto", help="auto (default), litert, tflite_runtime, tensorflow, onnxruntime or numpy")
+    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="skip",
+                   help="a bad reading is rejected with an event (error), skipped (default), or held at the last good values")
     p.add_argument("--state", type=Path, help="resume the stream state from this file and save it on exit")
     p.add_argument("--reset-on-reconnect", action="store_true", help="restart the stream state after the device reconnects")
     p.add_argument("--queue", type=int, default=4096, help="readings buffered between reader and worker")
@@ -34,20 +36,20 @@ def add_commands(sub) -> None:
     p.set_defaults(handler=run_bridge)
 
     s = sub.add_parser("simulate", help="play C-MAPSS engines as an MCU would, on a pty or a TCP port")
-    s.add_argument("--dataset", default="cmapss-fd001", choices=("cmapss-fd001",))
-    s.add_argument("--split", default="test", choices=("test", "train"))
+    s.add_argument("--dataset", default="cmapss-fd001", choices=("cmapss-fd001",), help="what to play (the shipped C-MAPSS FD001)")
+    s.add_argument("--split", default="test", choices=("test", "train"), help="C-MAPSS test engines (default) or training engines (run to failure)")
     s.add_argument("--unit", type=int, action="append", help="engine number(s) (default: all)")
     s.add_argument("--rate", type=float, default=10.0, help="readings per second (0: as fast as possible)")
-    s.add_argument("--protocol", choices=("frame", "csv"), default="frame")
+    s.add_argument("--protocol", choices=("frame", "csv"), default="frame", help="what to send: binary frames (default) or CSV lines")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="make a pseudo-terminal and print the path to open")
     where.add_argument("--port", help="write to this serial device or pyserial URL")
     where.add_argument("--listen", help="serve on HOST:PORT (the bridge connects with socket://HOST:PORT)")
-    s.add_argument("--noise-every", type=int, default=0)
-    s.add_argument("--drop-every", type=int, default=0)
-    s.add_argument("--flip-every", type=int, default=0)
-    s.add_argument("--disconnect-every", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise-every", type=int, default=0, help="a burst of random bytes every N readings (0: none)")
+    s.add_argument("--drop-every", type=int, default=0, help="leave out every N-th reading (0: none)")
+    s.add_argument("--flip-every", type=int, default=0, help="flip a bit in every N-th frame (0: none)")
+    s.add_argument("--disconnect-every", type=int, default=0, help="unplug the link every N readings (0: never)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default 0)")
     s.set_defaults(handler=run_simulate)
 
 

@@ -96,3 +96,48 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(cmapss_bund
     loud = subprocess.run([sys.executable, "-m", "edgelstm", "--debug", "run", str(cmapss_bundle), "--state", str(state)],
                           capture_output=True, text=True, cwd=ROOT, input="")
     assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def _csv(tmp_path, header, rows) -> str:
+    path = tmp_path / "readings.csv"
+    path.write_text(",".join(header) + "\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows) + "\n")
+    return str(path)
+
+
+def _run_lines(result) -> list:
+    import json
+
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_a_header_with_a_typo_is_an_error_naming_the_missing_and_the_unknown_column(cmapss_bundle, tmp_path):
+    import edgelstm
+
+    features = edgelstm.load(cmapss_bundle).feature_names
+    header = [f if f != "s7" else "s_7" for f in features]
+    result = run_cli("run", cmapss_bundle, "--input", _csv(tmp_path, header, [[1.0] * 14]), check=False)
+    _refused(result, "line 1", "missing s7", "unknown s_7", "--by-position")
+
+
+def test_columns_are_mapped_by_name_in_any_order_and_extra_ones_dropped_when_named(cmapss_bundle, tmp_path):
+    import numpy as np
+
+    import edgelstm
+    from edgelstm.convert.calibration_data import load_cmapss
+
+    from .conftest import TEST_SET
+
+    runtime = edgelstm.load(cmapss_bundle)
+    engine = load_cmapss(TEST_SET).sequences[0][:8]
+    expected = runtime.run(engine)[:, 0]
+    order = list(reversed(range(14)))
+    header = ["time"] + [runtime.feature_names[k] for k in order]
+    rows = [[float(t)] + [row[k] for k in order] for t, row in enumerate(engine)]
+    path = _csv(tmp_path, header, rows)
+    _refused(run_cli("run", cmapss_bundle, "--input", path, check=False), "unknown time")
+    result = run_cli("run", cmapss_bundle, "--input", path, "--ignore-column", "time")
+    got = [line["y"][0] for line in _run_lines(result)]
+    assert np.allclose(got, expected, atol=1e-4)
+    positional = _csv(tmp_path, [f"c{k}" for k in range(14)], engine.tolist())
+    result = run_cli("run", cmapss_bundle, "--input", positional, "--by-position")
+    assert np.allclose([line["y"][0] for line in _run_lines(result)], expected, atol=1e-4)

@@ -29,12 +29,12 @@ def test_runtime_extra_alone_runs_a_bundle_without_tensorflow(cmapss_bundle):
 def test_run_streams_a_csv_with_header_and_reports_bad_lines(cmapss_bundle, tmp_path):
     engine = load_cmapss(TEST_SET).sequences[0][:5]
     names = json.loads((cmapss_bundle / "manifest.json").read_text())["input"]["features"]
-    lines = [",".join(["cycle"] + names[::-1])]  # extra column, features in another order: taken by name
+    lines = [",".join(["cycle"] + names[::-1])]  # an extra column (named to drop), features in another order: by name
     for t, row in enumerate(engine):
         lines.append(",".join([str(t)] + [repr(float(v)) for v in row[::-1]]))
     lines.insert(3, "1,2,oops")
     (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
-    result = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", "--on-bad-input", "skip")
+    result = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", "--on-bad-input", "skip", "--ignore-column", "cycle")
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("rejected") is not None for r in records] == [False, False, True, False, False, False]
     assert records[2]["line"] == 4
@@ -43,7 +43,7 @@ def test_run_streams_a_csv_with_header_and_reports_bad_lines(cmapss_bundle, tmp_
     expected = edgelstm.load(cmapss_bundle).run(engine)
     assert np.allclose([r["y"][0] for r in records if "y" in r], expected[:, 0], atol=1e-4)
     assert "5 steps, 1 rejected" in result.stderr
-    strict = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", check=False)
+    strict = run_cli("run", cmapss_bundle, "--input", tmp_path / "r.csv", "--ignore-column", "cycle", check=False)
     assert strict.returncode == 2 and "line 4" in strict.stderr and "Traceback" not in strict.stderr
 
 

@@ -47,9 +47,7 @@ def run_stream(args) -> int:
                 continue
             fields = [f for f in _SPLIT.split(text) if f != ""]
             if columns is None and number == 1 and not _numeric(fields[0]):
-                names = [f.strip() for f in fields]
-                if all(name in names for name in runtime.feature_names):
-                    columns = [names.index(name) for name in runtime.feature_names]
+                columns = header_columns([f.strip() for f in fields], runtime.feature_names, args)
                 continue
             try:
                 values = np.array([float(fields[c]) for c in columns] if columns else [float(f) for f in fields], np.float32)
@@ -94,6 +92,33 @@ def run_stream(args) -> int:
     print(f"edgelstm run: {counters['steps']} steps, {rejected} rejected, {counters['held']} held "
           f"({runtime.model_file} on {runtime.backend})", file=sys.stderr)
     return 0
+
+
+def header_columns(names: list, features: list, args) -> list | None:
+    """Column index of each model feature, from a header line that must name exactly the
+    model's features (in any order; ``--ignore-column`` drops extra ones such as a timestamp).
+    Anything else is an error naming the missing and the unknown columns: mapping by position
+    would silently feed one sensor's values to another's input. ``--by-position`` maps the
+    columns in order instead, explicitly."""
+    ignored = set(getattr(args, "ignore_column", None) or [])
+    kept = [(k, name) for k, name in enumerate(names) if name not in ignored]
+    if getattr(args, "by_position", False):
+        if len(kept) != len(features):
+            raise InputError(f"{args.input}, line 1: {len(kept)} columns, the model has {len(features)} features "
+                             "(--by-position maps them in order)")
+        return [k for k, _ in kept]
+    duplicates = sorted({name for _, name in kept if [n for _, n in kept].count(name) > 1})
+    missing = [f for f in features if f not in {name for _, name in kept}]
+    unknown = [name for _, name in kept if name not in features]
+    if duplicates or missing or unknown:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown {', '.join(unknown)}"] if unknown else []) + \
+                ([f"repeated {', '.join(duplicates)}"] if duplicates else [])
+        raise InputError(f"{args.input}, line 1: the header does not name the model's features ({'; '.join(parts)}); "
+                         f"the model reads {', '.join(features)}. Fix the header, drop extra columns with "
+                         "--ignore-column NAME, or map columns in order with --by-position")
+    index = {name: k for k, name in kept}
+    return [index[f] for f in features]
 
 
 def _numeric(text: str) -> bool:
