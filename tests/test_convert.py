@@ -20,7 +20,7 @@ from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
 
 from .conftest import EXAMPLE_MODEL, TEST_SET, run_cli
 
-PRIMITIVE_TFLITE_OPS = {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SPLIT", "CONCATENATION", "RESHAPE"}
+PRIMITIVE_TFLITE_OPS = {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SUB", "SPLIT", "CONCATENATION", "RESHAPE"}
 
 
 def _stream(stepper, sequence):
@@ -41,8 +41,12 @@ def test_bundle_has_every_requested_file_and_a_complete_manifest(cmapss_bundle):
     assert state["h_0"]["size"] == 64 and state["h_1"]["size"] == 32
     for layer, units in ((0, 64), (1, 32)):
         # the cell state is split into groups of units by range; together they cover every unit once
-        cells = [s for name, s in state.items() if name.startswith(f"c_{layer}")]
+        cells = [s for name, s in state.items() if name.startswith(f"c_{layer}") and "residual_of" not in s]
         assert sorted(u for s in cells for u in s["units"]) == list(range(units))
+        # the int8 TFLite model carries each group as c_hi + c_lo: a residual tensor per group, same units
+        residuals = {s["residual_of"]: s for s in state.values() if s.get("residual_of", "").startswith(f"c_{layer}")}
+        assert set(residuals) == {s["name"] for s in cells}
+        assert all(residuals[s["name"]]["units"] == s["units"] for s in cells)
         assert sorted(state[f"h_{layer}"]["units"]) == list(range(units))
     assert m["outputs"] == [{"name": "y", "size": 1, "mode": "sequence"}]
     assert m["default_model"] == "step_int8_stream.tflite"  # what the CPU runtime drives
@@ -97,7 +101,7 @@ def test_int8_onnx_has_tied_state_quantization(cmapss_bundle):
     onnx.checker.check_model(model)
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     quantizers = {node.input[1]: node.input[2] for node in model.graph.node if node.op_type == "QuantizeLinear"}
-    for name in [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"]]:
+    for name in [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"] if "residual_of" not in s]:
         inp, out = f"{name}_scale", f"{name}_out_scale"
         assert inp in quantizers and out in quantizers, name
         assert float(init[inp]) == float(init[out]), name
@@ -109,7 +113,8 @@ def test_float_onnx_passes_checker_with_opset_17(cmapss_bundle):
     model = onnx.load(str(cmapss_bundle / "step_float32.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 17
-    names = [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"]]
+    # the ONNX models carry each cell-state group as one tensor (no c_lo residual: that is the int8 TFLite's)
+    names = [s["name"] for s in Bundle.open(cmapss_bundle).manifest["state"] if "residual_of" not in s]
     assert [i.name for i in model.graph.input] == ["x"] + names
     assert [o.name for o in model.graph.output] == ["y"] + [f"{n}_out" for n in names]
 

@@ -83,6 +83,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--window-samples", type=_positive_int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
     p.add_argument("--eval-windows", type=_positive_int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
     p.add_argument("--cell-groups", type=_positive_int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
+    p.add_argument("--cell-state", choices=("residual", "single"), default="residual",
+                   help="int8 TFLite LSTM cell state: residual (c = c_hi + c_lo, two int8 tensors, default) or single "
+                        "(one int8 tensor per group: fewer ops, larger error)")
     p.add_argument("--attribution-sequences", type=int, default=16,
                    help="held-out sequences the int8 error attribution replays in numpy (default 16; 0: no attribution)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -112,6 +115,7 @@ def _run_convert(args) -> int:
         long_steps=args.long_steps,
         cell_groups=args.cell_groups,
         attribution_sequences=args.attribution_sequences,
+        cell_state=args.cell_state,
         window=args.window,
         window_samples=args.window_samples,
         eval_windows=args.eval_windows,
@@ -152,7 +156,7 @@ def _add_inspect(sub) -> None:
                     "mapping and which ops would run on the CPU, and print the edgetpu_compiler and bundle-add commands. "
                     "Exits 0 whatever the verdict (2 on an error of inspect itself); --strict exits 1 unless the whole "
                     "model maps to the Edge TPU without errors.")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="a model file (.keras, .h5, .onnx), a .tflite/.onnx step model or a bundle directory")
     p.add_argument("--target", help="check against a target profile (e.g. coral-usb)")
     p.add_argument("--strict", action="store_true",
                    help="with a Coral target: exit 1 unless every op maps to the Edge TPU and nothing is an error")
@@ -175,8 +179,8 @@ def _run_inspect(args) -> int:
 
 def _add_bundle_add(sub) -> None:
     p = sub.add_parser("bundle-add", help="add a file (e.g. the *_edgetpu.tflite from edgetpu_compiler) to a bundle, with its hash")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("file", type=Path)
+    p.add_argument("bundle", type=Path, help="the bundle directory")
+    p.add_argument("file", type=Path, help="the file to copy into it and list with its sha256")
     p.set_defaults(handler=_run_bundle_add)
 
 
@@ -223,13 +227,13 @@ def _run_demo(args) -> int:
 
 def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="per-step latency, throughput and memory of a bundle, per backend")
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, help="the bundle directory")
     p.add_argument("--backend", default="auto", help="auto, all, or a comma list of litert,tflite_runtime,tensorflow,onnxruntime,numpy")
     p.add_argument("--model", type=_csv_list, help="model file(s) or quantization(s) of the bundle (default: the manifest's)")
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--streams", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=_positive_int, default=10_000, help="timed steps per model and backend (default 10000)")
+    p.add_argument("--warmup", type=int, default=500, help="untimed steps first (default 500)")
+    p.add_argument("--streams", type=_positive_int, default=1, help="streams stepped per call (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads (default 1)")
     p.add_argument("--json", dest="json_out", type=Path, help="write the result as JSON to this file")
     p.add_argument("--plot", type=Path, help="write a latency histogram PNG (needs matplotlib)")
     p.set_defaults(handler=_run_profile)
@@ -251,12 +255,17 @@ def _run_profile(args) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="stream readings from a CSV file or stdin through a bundle, one step per line")
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, help="the bundle directory")
     p.add_argument("--input", default="-", help="CSV file of readings, or - for stdin (default)")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="error")
+    p.add_argument("--backend", default="auto", help="auto (default), litert, tflite_runtime, tensorflow, onnxruntime or numpy")
+    p.add_argument("--on-bad-input", choices=("error", "skip", "hold"), default="error",
+                   help="a bad reading stops the run (error, default), is skipped, or has its bad values held at the last good ones")
     p.add_argument("--state", type=Path, help="resume from this state file if it exists and save to it at the end")
+    p.add_argument("--ignore-column", action="append", metavar="NAME",
+                   help="a header column that is not a feature (a timestamp, a unit id): dropped (repeatable)")
+    p.add_argument("--by-position", action="store_true",
+                   help="map the columns to the model's features in order, whatever the header says")
     p.set_defaults(handler=_run_run)
 
 

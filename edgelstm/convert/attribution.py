@@ -26,14 +26,21 @@ ROLE_NAMES = {
     "z": "gate pre-activations (sum)",
     "fc": "f * c (the kept cell state)",
     "ig": "i * g (the cell update)",
-    "c": "cell state c",
+    "c": "cell state c (with a residual cell: c_hi, c_lo and the carry)",
     "h": "hidden state h",
     "act(z)": "sigmoid/tanh of the gate pre-activations",
     "act(c)": "tanh of the cell state",
     "dense": "a Dense layer's output",
+    "m": "(1 - f) * c (what the cell forgets; residual cells)",
+    "d": "the cell's change i * g - (1 - f) * c (residual cells)",
+    "s": "residual plus change (residual cells)",
+    "carry": "the carry into c_hi (residual cells)",
+    "clo": "the residual c_lo (residual cells)",
     "x": "the input x",
     "y": "the output y",
 }
+#: The tensors of a residual cell that only work on their grids together with c_hi and c_lo.
+RESIDUAL_PARTS = ("carry", "clo", "s")
 _NAME = re.compile(r"(?:^|[;/])([a-z]+)__(L(\d+)g\d+|D(\d+))")
 _ELEMENTWISE = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "MINIMUM": np.minimum, "MAXIMUM": np.maximum}
 
@@ -122,6 +129,8 @@ class Replay:
             if index in self.constants:
                 continue
             role, layer = self.roles.get(index, (None, None))
+            if role in RESIDUAL_PARTS:  # c = c_hi + c_lo only rounds as one: the carry moves whole hi steps
+                role = "c"
             if role is None:
                 op = next((op["op_name"] for op in self.ops if index in [int(o) for o in op["outputs"]]), "tensor")
                 label = f"other {op} outputs"
@@ -188,9 +197,13 @@ class Replay:
         for a, b in zip(mine, theirs):
             ins = [int(v) for v in network_weights.ops[b]["inputs"]]
             weights = network_weights.constants[ins[1]]
-            if weights.shape != self.constants[int(self.ops[a]["inputs"][1])].shape:
+            quantized = self.constants[int(self.ops[a]["inputs"][1])]
+            if weights.shape != quantized.shape:
                 return {}
-            result[a] = (weights, network_weights.constants.get(ins[2]) if ins[2] >= 0 else None)
+            # an output the int8 graph computes negated (a residual cell's 1 - f gate) flips its row
+            sign = np.where(np.sum(weights * quantized, axis=1) < 0, -1.0, 1.0)
+            bias = network_weights.constants.get(ins[2]) if ins[2] >= 0 else None
+            result[a] = (weights * sign[:, None], None if bias is None else bias * sign)
         return result
 
 

@@ -30,7 +30,7 @@ from edgelstm.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of,
 from .recording import record
 from .calibration_data import load_calibration
 from edgelstm.errors import CalibrationError, ConversionError
-from .export.state_plan import StatePlan, plan_states
+from .export.state_plan import ResidualCellPlan, StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
 from edgelstm.model.network_file import save_network
@@ -62,6 +62,7 @@ class ConvertOptions:
     drift_bins: int = 10  # quantile bins of the drift reference per feature
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     attribution_sequences: int = 16  # held-out sequences the error attribution replays (0: none)
+    cell_state: str = "residual"  # int8 TFLite LSTM cell state: "residual" (c = c_hi + c_lo, two int8 tensors) or "single"
     seed: int = 0
     progress: bool = True
     extra_manifest: dict = field(default_factory=dict)
@@ -174,6 +175,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
 
     if window_model:  # no state: the quantizers see whole windows of the calibration data
         plan, state_ranges = StatePlan([]), {}
+        residual = None
         try:
             windows = fidelity.windows_of(calib_sequences, network.window, options.window_samples, options.seed)
         except ValueError as exc:
@@ -188,12 +190,17 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             recording = record(network, calib_sequences, progress=bar)
         calibration_steps = recording.n_steps
         plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
+        residual = None
         state_ranges = plan.tensor_ranges(recording.unit_ranges)
         samples = [plan.feed(sample) for sample in recording.samples(options.max_samples, seed=options.seed)]
         onnx_samples = [plan.feed(sample) for sample in recording.samples(options.onnx_samples, seed=options.seed)]
         if token:  # the step models take integer ids: int32 for TFLite, int64 for ONNX
             samples = [dict(s, x=s["x"].astype(np.int32)) for s in samples]
             onnx_samples = [dict(s, x=s["x"].astype(np.int64)) for s in onnx_samples]
+        if options.cell_state == "residual" and network.lstm_layers:  # int8 TFLite: c = c_hi + c_lo
+            residual = ResidualCellPlan(plan, state_ranges)
+            residual_samples = [dict(residual.feed(sample), x=feed["x"])
+                                for sample, feed in zip(recording.samples(options.max_samples, seed=options.seed), samples)]
 
     if out.exists():
         shutil.rmtree(out)
@@ -205,10 +212,14 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
         for fmt, quant, io in jobs:
             try:
-                entry, stepper = _export_one(
-                    network, plan, fmt, quant, io, samples if fmt == "tflite" else onnx_samples,
-                    state_ranges, normalization, out, Path(scratch), target,
-                )
+                if residual is not None and (fmt, quant) == ("tflite", "int8"):
+                    entry, stepper = _export_one(network, residual, fmt, quant, io, residual_samples,
+                                                 residual.tensor_ranges(), normalization, out, Path(scratch), target)
+                else:
+                    entry, stepper = _export_one(
+                        network, plan, fmt, quant, io, samples if fmt == "tflite" else onnx_samples,
+                        state_ranges, normalization, out, Path(scratch), target,
+                    )
             except ConversionError as exc:
                 if quant == "int16x8":  # optional: converts only where the converter supports every op
                     skipped.append({"format": fmt, "quant": quant, "reason": str(exc)})
@@ -256,6 +267,8 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     bundle_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     raw_all = np.concatenate(calibration_part.sequences).astype(np.float64)
     reference = None if token else reference_statistics(raw_all, options.drift_bins, _int8_input_range(models, normalization, raw_all))
+    residual_used = residual is not None and any(m["format"] == "tflite" and m["quant"] == "int8" for m in models)
+    described, described_ranges = (residual, residual.tensor_ranges()) if residual_used else (plan, state_ranges)
     manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -285,10 +298,10 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         },
         "outputs": _outputs(network),
         "window": window,
-        "state": [
+        "state": [  # every state tensor of every model (a residual int8 model adds c_k_lo tensors)
             dict(entry, layer=network.recurrent_layers[int(entry["name"].split("_")[1])].name,
-                 range=list(state_ranges[entry["name"]]))
-            for entry in plan.describe()
+                 range=list(described_ranges[entry["name"]]))
+            for entry in described.describe()
         ],
         "models": models,
         "default_model": _default_model(models, target),

@@ -97,12 +97,14 @@ def arena_copier(destinations: list, sources: list):
 
 
 def state_order(names) -> list:
-    """State input names in model order: ``h_0, c_0`` (or ``c_0_0, c_0_1, ...``), ``h_1``, ..."""
+    """State input names in model order: ``h_0, c_0`` (or ``c_0_0, c_0_1, ...``; a residual int8
+    cell adds ``c_0_lo`` after ``c_0``), ``h_1``, ..."""
     states = [n for n in names if n[:2] in ("h_", "c_") and not n.endswith("_out")]
 
-    def key(name):
-        parts = name.split("_")
-        return (int(parts[1]), parts[0] != "h", int(parts[2]) if len(parts) > 2 else 0)
+    def key(name):  # a residual cell's c_k[_j]_lo follows its c_k[_j]
+        residual = name.endswith("_lo")
+        parts = (name[:-3] if residual else name).split("_")
+        return (int(parts[1]), parts[0] != "h", int(parts[2]) if len(parts) > 2 else 0, residual)
 
     return sorted(states, key=key)
 

@@ -126,6 +126,27 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
     raise BackendUnavailableError(f"{opened.path}: no backend can run this bundle ({'; '.join(errors)})")
 
 
+def _quantized(values: np.ndarray, quant, dtype) -> np.ndarray:
+    """``values`` on an integer state tensor's grid (``quant`` = (scale, zero point)), as stored."""
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values / quant[0]) + quant[1], info.min, info.max).astype(dtype)
+
+
+#: A temporary of an interrupted save older than this is removed by the next save.
+STALE_TEMPORARY_SECONDS = 60.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries ``.NAME.*`` that an interrupted :meth:`StreamRuntime.save_state` left beside ``path``."""
+    now = time.time()
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        try:
+            if leftover.is_file() and not leftover.is_symlink() and now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                leftover.unlink()
+        except OSError:
+            pass
+
+
 def _choose_model(bundle: Bundle, backend: str, model: str | None, delegate: str | None) -> dict | None:
     fmt = {"onnxruntime": "onnx", "numpy": "numpy"}.get(backend, "tflite")
     if fmt == "numpy":
@@ -609,7 +630,10 @@ class StreamRuntime:
             base, units, size = self._state_layout[name]
             values = stepper.state_to_float(k, array[rows])
             target = logical.setdefault(base, np.zeros((values.shape[0], size), np.float32))
-            target[:, units] = values
+            if name.endswith("_lo"):  # a residual cell: c = c_hi + c_lo
+                target[:, units] += values
+            else:
+                target[:, units] = values
         state = {
             "bundle_id": self.bundle.bundle_id,
             "model": self.model_file,
@@ -625,38 +649,79 @@ class StreamRuntime:
         return state
 
     def set_state(self, state: dict, stream: int | None = None) -> None:
-        """Restore a state from :meth:`get_state` (all streams, or into one stream)."""
+        """Restore a state from :meth:`get_state` (all streams, or into one stream).
+
+        All or nothing: every field is checked (bundle identity, keys, shapes, dtypes, finite
+        values, step counts, the window) before anything changes, and an error names the field."""
+        rows = slice(None) if stream is None else slice(self._row(stream), self._row(stream) + 1)
+        count = self.streams if stream is None else 1
+        if not isinstance(state, dict):
+            raise BundleError(f"a state is a dict from get_state(), not {type(state).__name__}")
         if state.get("bundle_id") != self.bundle.bundle_id:
             raise BundleError(
                 f"state belongs to bundle {state.get('bundle_id')!r}, this runtime runs {self.bundle.bundle_id!r}"
             )
-        rows = slice(None) if stream is None else slice(self._row(stream), self._row(stream) + 1)
-        target_rows = self.streams if stream is None else 1
         stepper = self._stepper
-        same_model = state.get("model") == self.model_file and set(state.get("raw", {})) == set(stepper.state_names)
-        source = state.get("raw" if same_model else "state", {})
-        for name, values in source.items():  # check everything before writing anything
-            if np.asarray(values).shape[0] != target_rows:
-                raise BundleError(
-                    f"state tensor '{name}' holds {np.asarray(values).shape[0]} stream(s); restoring into {target_rows}"
-                )
+        raw = state.get("raw") if isinstance(state.get("raw"), dict) else {}
+        same_model = state.get("model") == self.model_file and set(raw) == set(stepper.state_names)
+        writes = []  # (state array index, values) - applied only when everything checked
+        on_grid = {}  # residual cells: the hi part of c as its int8 grid holds it
         for k, (name, array) in enumerate(zip(stepper.state_names, stepper.state)):
             if same_model:
-                source = np.asarray(state["raw"][name])
-                if source.shape[1:] != array.shape[1:]:
-                    raise BundleError(f"state tensor '{name}' has shape {source.shape}, expected {array.shape}")
-                array[rows] = source
+                values = np.asarray(raw[name])
+                if values.dtype != array.dtype:
+                    raise BundleError(f"state field 'raw.{name}' is {values.dtype}, the model holds {array.dtype}; "
+                                      "it is not cast (a float 1000.7 would wrap around in int8)")
+                if values.ndim and values.shape[0] != count:
+                    raise BundleError(f"state field 'raw.{name}' holds {values.shape[0]} stream(s); restoring into {count}")
+                if values.shape != (count,) + array.shape[1:]:
+                    raise BundleError(f"state field 'raw.{name}' has shape {values.shape}, expected {(count,) + array.shape[1:]}")
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise BundleError(f"state field 'raw.{name}' holds NaN or Inf")
+                writes.append((k, values, True))
             else:
-                base, units, _ = self._state_layout[name]
-                stepper.state_from_float(k, np.asarray(state["state"][base], np.float32)[:, units], rows)
-        self._base[rows] = self._total - np.asarray(state.get("steps", 0), np.int64)
+                base, units, size = self._state_layout[name]
+                logical = state.get("state") if isinstance(state.get("state"), dict) else {}
+                if base not in logical:
+                    raise BundleError(f"state field 'state.{base}' is missing (it has {', '.join(sorted(logical)) or 'none'})")
+                values = np.asarray(logical[base])
+                if values.ndim and values.shape[0] != count:
+                    raise BundleError(f"state field 'state.{base}' holds {values.shape[0]} stream(s); restoring into {count}")
+                if values.dtype.kind not in "fiu" or values.shape != (count, size):
+                    raise BundleError(f"state field 'state.{base}' is {values.dtype} {values.shape}, expected float {(count, size)}")
+                values = values.astype(np.float32)
+                if not np.isfinite(values).all():
+                    raise BundleError(f"state field 'state.{base}' holds NaN or Inf")
+                part = values[:, units]
+                if name.endswith("_lo"):  # a residual cell: what the hi tensor's grid could not hold
+                    part = part - on_grid[name[:-3]]
+                elif f"{name}_lo" in stepper.state_names:
+                    on_grid[name] = stepper.state_to_float(k, _quantized(part, stepper.state_quant[k], array.dtype))
+                writes.append((k, part, False))
+        steps = np.asarray(state.get("steps", 0))
+        if steps.dtype.kind not in "iu" or steps.shape not in ((), (count,)) or (steps < 0).any():
+            raise BundleError(f"state field 'steps' must be {count} non-negative whole number(s), got {steps.dtype} {steps.shape}")
+        window = None
+        if self.window and "window" in state:
+            window, filled = np.asarray(state["window"]), np.asarray(state.get("window_filled"))
+            if window.shape != (count, self.window, self.n_features) or window.dtype.kind != "f" or not np.isfinite(window).all():
+                raise BundleError(f"state field 'window' is {window.dtype} {window.shape}, expected finite floats "
+                                  f"{(count, self.window, self.n_features)}")
+            if filled.shape != (count,) or filled.dtype.kind not in "iu" or (filled < 0).any() or (filled > self.window).any():
+                raise BundleError(f"state field 'window_filled' must be {count} count(s) within 0..{self.window}")
+        for k, values, exact in writes:  # everything checked: now change the state
+            if exact:
+                stepper.state[k][rows] = values
+            else:
+                stepper.state_from_float(k, values, rows)
+        self._base[rows] = self._total - steps.astype(np.int64)
         if self._last_good is not None:
             self._last_good[rows] = np.nan
         if self.monitor is not None:
             self.monitor.reset(None if stream is None else self._row(stream))
-        if self.window and "window" in state:
-            self._ring[rows] = state["window"]
-            self._filled[rows] = state["window_filled"]
+        if window is not None:
+            self._ring[rows] = window
+            self._filled[rows] = filled
 
     def save_state(self, path) -> None:
         """Write the state atomically (temporary file, fsync, rename): a reboot mid-write
@@ -672,6 +737,7 @@ class StreamRuntime:
         meta["saved"] = time.time()
         arrays["meta"] = np.array(json.dumps(meta))
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(handle, "wb") as stream:
@@ -698,9 +764,11 @@ class StreamRuntime:
             raise BundleError(f"{path}: unreadable state file ({exc})") from None
         try:
             meta = json.loads(str(arrays.pop("meta")))
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, json.JSONDecodeError, ValueError):
             raise BundleError(f"{path}: not an edgelstm state file (no metadata)") from None
-        if int(meta.get("streams", 0)) != self.streams:
+        if not isinstance(meta, dict):
+            raise BundleError(f"{path}: not an edgelstm state file (its metadata is not an object)")
+        if meta.get("streams") != self.streams:
             raise BundleError(f"{path}: state of {meta.get('streams')} stream(s), this runtime has {self.streams}")
         state = dict(meta)
         state["raw"] = {k[4:]: v for k, v in arrays.items() if k.startswith("raw.")}
@@ -708,7 +776,10 @@ class StreamRuntime:
         state["steps"] = arrays.get("steps", 0)
         if "window" in arrays:
             state["window"], state["window_filled"] = arrays["window"], arrays["window_filled"]
-        self.set_state(state)
+        try:
+            self.set_state(state)
+        except BundleError as exc:
+            raise BundleError(f"{path}: {exc}") from None
 
     # ------------------------------------------------------------------ helpers
     def _row(self, stream: int) -> int:
@@ -722,7 +793,8 @@ class StreamRuntime:
         entries = {s["name"]: s for s in manifest["state"]}
         for entry in manifest["state"]:
             base = f"{entry['name'][0]}_{entry['name'].split('_')[1]}"
-            sizes[base] = sizes.get(base, 0) + (entry["size"] if entry["name"][0] == "c" else 0)
+            counted = entry["name"][0] == "c" and "residual_of" not in entry  # c_k_lo holds no units of its own
+            sizes[base] = sizes.get(base, 0) + (entry["size"] if counted else 0)
         for entry in manifest["state"]:
             if entry["name"][0] == "h":
                 sizes[entry["name"]] = entry["size"]

@@ -172,3 +172,71 @@ def permuted_network(network: Network, plan: StatePlan) -> Network:
 def group_columns(units: int, start: int, size: int, gates: int = 4) -> np.ndarray:
     """Gate columns (i, f, g, o; or a GRU's z, r, h) of the contiguous units ``start..start+size`` of a permuted layer."""
     return np.concatenate([gate * units + np.arange(start, start + size) for gate in range(gates)])
+
+
+class ResidualCellPlan(StatePlan):
+    """The plan with each LSTM cell-state tensor carried as two int8 tensors, ``c = c_hi + c_lo``.
+
+    An int8 ``c`` on one grid loses the update ``f * c + i * g`` to rounding at every step, and
+    the losses add up over the recurrence: on the C-MAPSS example the cell state's grid alone
+    was 2.7 % of the output's spread. Here ``c_k`` (the hi part) keeps its grid and ``c_k_lo``
+    holds the residual on a grid 255 times finer (``+-`` half a hi step); the step model updates
+    them with int8 ops only (see :func:`..tflite_step.build_step_function`): no op ever rounds
+    the whole ``c`` after an update. The float and ONNX exports keep the plain plan.
+    """
+
+    LO_MARGIN = 1.05  # the residual's grid spans this many times +- half a hi step
+
+    def __init__(self, base: StatePlan, ranges: dict):
+        super().__init__(base.layers)
+        from .tflite_ops import quant_params_for_range
+
+        self.hi_ranges = dict(ranges)
+        self.hi_grid = {name: quant_params_for_range(*ranges[name], "int8")
+                        for k in range(len(self.layers)) for name in StatePlan.cell_names(self, k)}
+
+    def state_names(self) -> list:
+        names = []
+        for k in range(len(self.layers)):
+            names.append(f"h_{k}")
+            for cell in self.cell_names(k):
+                names += [cell, cell + "_lo"]
+        return names
+
+    def tensor_units(self) -> dict:
+        result = super().tensor_units()
+        for cell in self.hi_grid:
+            result[cell + "_lo"] = result[cell]
+        return {name: result[name] for name in self.state_names()}
+
+    def tensor_ranges(self, unit_ranges=None) -> dict:
+        ranges = {}
+        for name in self.state_names():
+            if name.endswith("_lo"):
+                half = 0.5 * self.hi_grid[name[:-3]][0] * self.LO_MARGIN
+                ranges[name] = (-half, half)
+            else:
+                ranges[name] = self.hi_ranges[name]
+        return ranges
+
+    def split(self, name: str, c: np.ndarray) -> tuple:
+        """A float cell state as (hi on its int8 grid, the residual)."""
+        scale, zero = self.hi_grid[name]
+        hi = (np.clip(np.rint(c / scale) + zero, -128, 127) - zero) * scale
+        return hi.astype(np.float32), (c - hi).astype(np.float32)
+
+    def feed(self, sample: dict) -> dict:
+        base = super().feed(sample)
+        out = {}
+        for name in self.state_names():
+            if name.endswith("_lo"):
+                continue
+            if name in self.hi_grid:
+                out[name], out[name + "_lo"] = self.split(name, base[name])
+            else:
+                out[name] = base[name]
+        out["x"] = base["x"]
+        return out
+
+    def describe(self) -> list:
+        return [dict(e, residual_of=e["name"][:-3]) if e["name"].endswith("_lo") else e for e in super().describe()]

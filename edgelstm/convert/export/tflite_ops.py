@@ -22,6 +22,19 @@ from . import window_graph
 QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 
+def quant_params_for_range(lo: float, hi: float, dtype: str) -> tuple:
+    """TFLite's (scale, zero_point) for a real range, with zero exactly representable."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "int16":
+        bound = max(abs(lo), abs(hi), 1e-8)
+        return bound / 32767.0, 0
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
+    return scale, zero_point
+
+
 def tensorflow():
     """Import TensorFlow with its C++ log quietened (the converter is chatty)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

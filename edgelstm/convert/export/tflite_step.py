@@ -21,8 +21,8 @@ import numpy as np
 
 from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
-from .state_plan import StatePlan, group_columns, permuted_network
-from .tflite_ops import TFOps, activation, convert_function, tensorflow
+from .state_plan import ResidualCellPlan, StatePlan, group_columns, permuted_network
+from .tflite_ops import TFOps, activation, convert_function, quant_params_for_range, tensorflow
 from .window_graph import gru_cell
 
 def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
@@ -33,6 +33,7 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     units_of = plan.tensor_units()
     names = plan.state_names()
     token = network.input_kind == "token"
+    residual = isinstance(plan, ResidualCellPlan)
     specs = [tf.TensorSpec([batch, 1], tf.int32, name="x") if token else tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
     specs += [tf.TensorSpec([batch, len(units_of[name])], tf.float32, name=name) for name in names]
 
@@ -49,15 +50,22 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
                 for j, (cell_name, size) in enumerate(zip(plan.cell_names(k), plan.layers[k].sizes)):
                     columns = group_columns(layer.units, start, size)
                     tag = f"__L{k}g{j}"  # tensor names the error attribution reads (ROLE__L<layer>g<group>)
-                    from_input = tf.add(tf.matmul(value, tf.constant(layer.kernel[:, columns])),
-                                        tf.constant(layer.bias[columns]), name="zx" + tag)
-                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns]), name="zh" + tag)
+                    # residual cells negate the f columns: the gate then gives 1 - f, exactly 0 when f = 1
+                    sign = np.ones(4 * size, np.float32)
+                    if residual:
+                        sign[size : 2 * size] = -1.0
+                    from_input = tf.add(tf.matmul(value, tf.constant(layer.kernel[:, columns] * sign)),
+                                        tf.constant(layer.bias[columns] * sign), name="zx" + tag)
+                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns] * sign), name="zh" + tag)
                     i, f, g, o = tf.split(tf.add(from_input, from_state, name="z" + tag), 4, axis=1)
-                    forget = tf.multiply(activation(tf, gate, f), state[cell_name], name="fc" + tag)
                     update = tf.multiply(activation(tf, gate, i), activation(tf, act, g), name="ig" + tag)
-                    c_new = tf.add(forget, update, name="c" + tag)
-                    outputs[f"{cell_name}_out"] = c_new
-                    h_parts.append(tf.multiply(activation(tf, gate, o), activation(tf, act, c_new), name="h" + tag))
+                    if residual:
+                        c_tanh = _residual_cell(tf, activation(tf, gate, f), update, state, outputs, cell_name, tag)
+                    else:
+                        forget = tf.multiply(activation(tf, gate, f), state[cell_name], name="fc" + tag)
+                        c_tanh = tf.add(forget, update, name="c" + tag)
+                        outputs[f"{cell_name}_out"] = c_tanh
+                    h_parts.append(tf.multiply(activation(tf, gate, o), activation(tf, act, c_tanh), name="h" + tag))
                     start += size
                 value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
                 outputs[f"h_{k}_out"] = value
@@ -80,6 +88,52 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     return module.step.get_concrete_function(), module
 
 
+def _residual_cell(tf, keep_not, update, state: dict, outputs: dict, cell_name: str, tag: str):
+    """``c = c_hi + c_lo`` updated with int8 ops only (:class:`.state_plan.ResidualCellPlan`).
+
+    ``keep_not`` is ``1 - f``. The change of ``c`` is formed on its own small grid and added to
+    the residual; the part of the residual that reaches a whole hi step (the carry, an ADD whose
+    output :func:`set_carry_grids` puts on the hi grid, so the int8 kernel rounds onto it) moves
+    into ``c_hi``, exactly, since both are on that grid; what is left stays in ``c_lo``. Returns
+    ``c_hi`` after the step, the input of the cell's tanh (the residual is below half a hi step)."""
+    c_hi, c_lo = state[cell_name], state[cell_name + "_lo"]
+    forgotten = tf.add(tf.multiply(keep_not, c_hi), tf.multiply(keep_not, c_lo), name="m" + tag)
+    change = tf.subtract(update, forgotten, name="d" + tag)
+    summed = tf.add(c_lo, change, name="s" + tag)
+    carry = tf.add(summed, tf.constant(1e-12, tf.float32), name="carry" + tag)  # 0 on any int8 grid: kept as its own ADD
+    c_hi_new = tf.add(c_hi, carry, name="c" + tag)
+    outputs[f"{cell_name}_out"] = c_hi_new
+    outputs[f"{cell_name}_lo_out"] = tf.subtract(summed, carry, name="clo" + tag)
+    return c_hi_new
+
+
+def set_carry_grids(model: bytes, plan: "ResidualCellPlan") -> bytes:
+    """Put each residual cell's carry tensor on its hi grid (scale of ``c_hi``, zero point 0)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    import flatbuffers
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    tensors = parsed.subgraphs[0].tensors
+    grids = {}
+    for k in range(len(plan.layers)):
+        for j, cell in enumerate(plan.cell_names(k)):
+            grids[f"carry__L{k}g{j}"] = plan.hi_grid[cell][0]
+    found = set()
+    for tensor in tensors:
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        for part in name.split(";"):
+            key = part.rsplit("/", 1)[-1]
+            if key in grids and tensor.quantization is not None and tensor.quantization.scale is not None:
+                tensor.quantization.scale = [float(grids[key])]
+                tensor.quantization.zeroPoint = [0]
+                found.add(key)
+    if set(grids) - found:
+        raise ConversionError(f"residual cell state: carry tensors {sorted(set(grids) - found)} not found in the converted model")
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
     """Convert the step graph to a TFLite flatbuffer.
 
@@ -94,6 +148,8 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
     """
     function, module = build_step_function(network, plan, batch=batch)
     model = convert_function(function, module, quant, representative, io=io)
+    if isinstance(plan, ResidualCellPlan):
+        model = set_carry_grids(model, plan)
     return strip_state_quantize_ops(model, plan) if (io == "stream" and quant == "int8") else model
 
 
@@ -109,19 +165,6 @@ def signature_tensors(model: bytes) -> dict:
     for item in list(signature.inputs) + list(signature.outputs):
         mapping[item.name.decode() if isinstance(item.name, bytes) else item.name] = int(item.tensorIndex)
     return mapping
-
-
-def quant_params_for_range(lo: float, hi: float, dtype: str) -> tuple:
-    """TFLite's (scale, zero_point) for a real range, with zero exactly representable."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if dtype == "int16":
-        bound = max(abs(lo), abs(hi), 1e-8)
-        return bound / 32767.0, 0
-    if hi - lo < 1e-8:
-        hi = lo + 1e-8
-    scale = (hi - lo) / 255.0
-    zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
-    return scale, zero_point
 
 
 def tie_state_quantization(model: bytes, plan: StatePlan, ranges: dict) -> bytes:
