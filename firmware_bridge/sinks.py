@@ -328,6 +328,11 @@ class PrometheusSink(Sink):
             self._server = None
 
 
+#: The metrics endpoint serves this many connections at once and drops a connection idle this long.
+METRICS_CONNECTIONS = 16
+METRICS_IDLE_SECONDS = 5.0
+
+
 def _serve(address: str, port: int, registry, bridge):
     """One small HTTP server for ``/metrics`` (Prometheus text format) and ``/healthz`` (JSON)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -353,8 +358,29 @@ def _serve(address: str, port: int, registry, bridge):
         def log_message(self, *args):  # quiet
             pass
 
-    server = ThreadingHTTPServer((address, port), Handler)
-    server.daemon_threads = True
+    Handler.timeout = METRICS_IDLE_SECONDS  # an idle or slow client is dropped, never kept for ever
+
+    class BoundedServer(ThreadingHTTPServer):
+        """At most METRICS_CONNECTIONS connections at a time; one more is closed at once (and counted)."""
+
+        daemon_threads = True
+        slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+        refused = 0
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                type(self).refused += 1
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    server = BoundedServer((address, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

@@ -92,3 +92,31 @@ def test_prometheus_scrapes_counters_latency_and_drift(cmapss_bundle, tmp_path):
         server.terminate()
         server.wait(10)
         bridge.stop()
+
+
+def test_idle_connections_cannot_exhaust_the_metrics_endpoint(cmapss_bundle):
+    """Hundreds of idle connections: the server keeps at most METRICS_CONNECTIONS threads,
+    drops idle clients after METRICS_IDLE_SECONDS, and answers a scrape again after that."""
+    from firmware_bridge import sinks
+
+    port = _free_port()
+    sink = PrometheusSink(port=port)
+    bridge = Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink]).start()
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
+        time.sleep(0.5)  # let the server take them
+        assert threading.active_count() - before <= sinks.METRICS_CONNECTIONS
+        deadline = time.monotonic() + sinks.METRICS_IDLE_SECONDS + 10
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the endpoint stayed exhausted"
+                time.sleep(0.2)
+        assert b"edgelstm_frames" in body
+        for connection in idle:
+            connection.close()
+    finally:
+        bridge.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,42 @@ from edgelstm.errors import BundleError
 SCHEMA = "edgelstm.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+#: A manifest is a few kB to a few hundred kB; anything far larger is not one (and is not read).
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 def sha256_of(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_regular(path: Path, what: str):
+    """Open a file of a bundle for reading only if it is a regular file inside it: a symbolic
+    link (to /dev/zero, a FIFO, a file elsewhere) or a device is refused, naming it, before a
+    byte is read (O_NOFOLLOW, then fstat of what was opened: no race between check and read)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise BundleError(f"{what} is listed in the manifest but missing") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise BundleError(f"{what}: is a symbolic link; a bundle holds its files itself") from None
+        raise BundleError(f"{what}: cannot be opened ({exc.strerror or exc})") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+        raise BundleError(f"{what}: is {kind}, not a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
+def _sha256_regular(path: Path, what: str) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path, what) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -60,7 +92,11 @@ class Bundle:
         if not manifest_path.exists():
             raise BundleError(f"{path}: no {MANIFEST}; not an edgelstm bundle")
         try:
-            manifest = json.loads(manifest_path.read_text())
+            with open_regular(manifest_path, str(manifest_path)) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > MAX_MANIFEST_BYTES:
+                    raise BundleError(f"{manifest_path}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
+                manifest = json.loads(handle.read().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path}: damaged manifest ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
@@ -83,9 +119,7 @@ class Bundle:
         """Check every listed file is inside the bundle, exists and has the recorded sha256."""
         for entry in self.manifest["models"] + self.manifest.get("files", []):
             file_path = self.file(entry)
-            if not file_path.exists():
-                raise BundleError(f"{self.path}: {entry['file']} is listed in the manifest but missing")
-            actual = sha256_of(file_path)
+            actual = _sha256_regular(file_path, f"{self.path}: {entry['file']}")
             if actual != entry["sha256"]:
                 raise BundleError(
                     f"{self.path}: {entry['file']} was changed or damaged "
