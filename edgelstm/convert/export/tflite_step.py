@@ -88,6 +88,15 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     return module.step.get_concrete_function(), module
 
 
+def _packed(parsed, size_hint: int) -> bytes:
+    """A parsed (and rewritten) TFLite model back to flatbuffer bytes: what every rewrite here ends with."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint + 1024)
+    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def _residual_cell(tf, keep_not, update, state: dict, outputs: dict, cell_name: str, tag: str):
     """``c = c_hi + c_lo`` updated with int8 ops only (:class:`.state_plan.ResidualCellPlan`).
 
@@ -110,7 +119,6 @@ def _residual_cell(tf, keep_not, update, state: dict, outputs: dict, cell_name: 
 def set_carry_grids(model: bytes, plan: "ResidualCellPlan") -> bytes:
     """Put each residual cell's carry tensor on its hi grid (scale of ``c_hi``, zero point 0)."""
     from tensorflow.lite.python import schema_py_generated as schema
-    import flatbuffers
 
     parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     tensors = parsed.subgraphs[0].tensors
@@ -129,9 +137,7 @@ def set_carry_grids(model: bytes, plan: "ResidualCellPlan") -> bytes:
                 found.add(key)
     if set(grids) - found:
         raise ConversionError(f"residual cell state: carry tensors {sorted(set(grids) - found)} not found in the converted model")
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return _packed(parsed, len(model))
 
 
 def convert(network: Network, plan: StatePlan, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
@@ -179,7 +185,6 @@ def tie_state_quantization(model: bytes, plan: StatePlan, ranges: dict) -> bytes
     interpreter prepares them, so rewriting those parameters is exact.
     """
     from tensorflow.lite.python import schema_py_generated as schema
-    import flatbuffers
 
     parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     subgraph = parsed.subgraphs[0]
@@ -209,9 +214,7 @@ def tie_state_quantization(model: bytes, plan: StatePlan, ranges: dict) -> bytes
         if op is not None and op.opcodeIndex in concat_code:
             for part in op.inputs:
                 set_params(int(part), scale, zero_point, f"{name}_out part")
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return _packed(parsed, len(model))
 
 
 def strip_state_quantize_ops(model: bytes, plan: StatePlan) -> bytes:
@@ -223,7 +226,6 @@ def strip_state_quantize_ops(model: bytes, plan: StatePlan) -> bytes:
     of them when asked for integer I/O; ``x`` and ``y`` keep their float boundary.
     """
     from tensorflow.lite.python import schema_py_generated as schema
-    import flatbuffers
 
     parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     subgraph = parsed.subgraphs[0]
@@ -254,9 +256,7 @@ def strip_state_quantize_ops(model: bytes, plan: StatePlan) -> bytes:
     subgraph.inputs = [replace_inputs.get(int(i), int(i)) for i in subgraph.inputs]
     subgraph.outputs = [replace_outputs.get(int(i), int(i)) for i in subgraph.outputs]
     subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i not in remove]
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return _packed(parsed, len(model))
 
 
 def list_ops(model: bytes) -> list:
