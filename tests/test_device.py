@@ -84,7 +84,7 @@ def test_shortened_demo_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     scores = summary["scores"]
     float_rmse = scores["float32 (numpy reference)"]["rmse"]
-    for name in ("int8 TFLite (runtime)", "int8 ONNX (onnxruntime)"):
+    for name in ("int8 TFLite, full integer", "int8 TFLite, dynamic range", "int8 ONNX (onnxruntime)"):
         assert abs(scores[name]["rmse"] - float_rmse) < 0.5, (name, scores)
         assert scores[name]["engines"] == 100
     engine = summary["streamed"][0]
@@ -93,6 +93,9 @@ def test_shortened_demo_end_to_end(tmp_path):
     bridge = summary["streamed"][-1]["bridge"]
     assert bridge["frames_good"] == engine["cycles"] == bridge["readings_stepped"]
     assert "ALARM y0<30" in result.stdout and "PHM08" in result.stdout
+    manifest = json.loads((tmp_path / "demo" / "bundle" / "manifest.json").read_text())
+    assert manifest["default_model"] == "step_dynamic.tflite"  # full int8 is not within 1 % on this model
+    assert summary["latency"]["model"] == manifest["default_model"]
     for plot in ("rul_engine.png", "latency.png"):
         assert (tmp_path / "demo" / plot).stat().st_size > 10_000
 

@@ -158,32 +158,42 @@ CPU_BOUND = 0.01
 #: Variants by where they run: the Edge TPU takes only the integer-I/O full-int8 model; a CPU
 #: target runs any of the others.
 EDGE_TPU_VARIANTS = ("tflite int8",)
-CPU_INT8_VARIANTS = ("tflite int8 stream", "tflite int8", "onnx int8", "tflite int16x8", "tflite dynamic")
+#: CPU int8 variants in the order the CPU default prefers them when several keep within
+#: :data:`CPU_BOUND`: full int8 first (the smallest state, the same file an Edge TPU runs), then
+#: dynamic range (int8 weights per channel, activations quantized to int8 per call inside each
+#: FULLY_CONNECTED, float elsewhere; about full int8's speed on XNNPACK), then int16x8 (2-4x slower).
+CPU_INT8_VARIANTS = ("tflite int8 stream", "tflite int8", "tflite dynamic", "tflite int16x8", "onnx int8")
 
 
 def verdict(report: dict) -> dict:
     """Which variant to deploy on which target, from the measured errors, and a warning when
-    no int8 variant keeps within :data:`FULL_INT8_BOUND` of the float model."""
+    no int8 variant keeps within :data:`FULL_INT8_BOUND` of the float model.
+
+    ``cpu_choice`` is the variant a CPU target's bundle loads by default: the first of
+    :data:`CPU_INT8_VARIANTS` within :data:`CPU_BOUND`, else the one with the smallest error.
+    ``edge_tpu_choice`` is the integer-I/O full-int8 model (the only form the Edge TPU takes)."""
     errors = {name: m["relative_rmse"] for name, m in report["models"].items() if math.isfinite(m["relative_rmse"])}
     lines, warnings = [], []
     edge = [(errors[n], n) for n in EDGE_TPU_VARIANTS if n in errors]
+    edge_choice = cpu_choice = None
     if edge:
-        error, name = min(edge)
+        error, edge_choice = min(edge)
         ok = error <= FULL_INT8_BOUND
-        lines.append(f"Edge TPU (coral-usb, coral-devboard): {name}, {100 * error:.2f} % "
+        lines.append(f"Edge TPU (coral-usb, coral-devboard): {edge_choice}, {100 * error:.2f} % "
                      + ("(within 2 %)" if ok else "(ABOVE 2 %: its answers differ from the float model's)"))
-    cpu = sorted((errors[n], n) for n in CPU_INT8_VARIANTS if n in errors)
+    # the integer-I/O model is the stream model's twin (the same int8 graph): a CPU drives the stream one
+    cpu = [(errors[n], n) for n in CPU_INT8_VARIANTS if n in errors and not (n == "tflite int8" and "tflite int8 stream" in errors)]
     if cpu:
-        error, name = cpu[0]
         within = [n for e, n in cpu if e <= CPU_BOUND]
-        choice = within[0] if within else name
-        lines.append(f"CPU (rpi4, rpi5, x86_64): {choice}, {100 * errors[choice]:.2f} % "
+        cpu_choice = within[0] if within else min(cpu, key=lambda pair: pair[0])[1]  # ties: the preferred one
+        lines.append(f"CPU (rpi4, rpi5, x86_64): {cpu_choice}, {100 * errors[cpu_choice]:.2f} % "
                      + ("(within 1 %)" if within else "(none within 1 %)"))
     if (edge or cpu) and min([e for e, _ in edge + cpu]) > FULL_INT8_BOUND:
         best_error, best = min(edge + cpu)
         warnings.append(f"WARNING: no int8 variant is within 2 % of the float model (best: {best}, "
                         f"{100 * best_error:.2f} %); deploy a float variant or calibrate on more representative data")
-    return {"lines": lines, "warnings": warnings, "full_int8_bound": FULL_INT8_BOUND, "cpu_bound": CPU_BOUND}
+    return {"lines": lines, "warnings": warnings, "full_int8_bound": FULL_INT8_BOUND, "cpu_bound": CPU_BOUND,
+            "cpu_choice": cpu_choice, "edge_tpu_choice": edge_choice}
 
 
 def format_table(report: dict) -> str:

@@ -304,7 +304,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             for entry in described.describe()
         ],
         "models": models,
-        "default_model": _default_model(models, target),
+        "default_model": _default_model(models, target, report["verdict"]),
         "files": files,
         "target": target.to_json(),
         "conversion": {
@@ -403,9 +403,18 @@ def _int8_input_range(models: list, normalization, raw_all) -> tuple:
     return raw_all.min(axis=0), raw_all.max(axis=0)
 
 
-def _default_model(models: list, target) -> str | None:
-    """The file the runtime loads by default: the target's quantization, the stream variant
-    on CPU targets, the integer-I/O model where an Edge TPU delegate is named."""
+def _default_model(models: list, target, decision: dict | None = None) -> str | None:
+    """The file the runtime loads by default.
+
+    Where an Edge TPU delegate is named: the integer-I/O full-int8 model. On a CPU target whose
+    model is ``int8``: the fidelity verdict's CPU choice (the full-int8 stream model when it keeps
+    within 1 % of the float model, else the dynamic-range or int16x8 model that does; see
+    :func:`.fidelity.verdict`). Otherwise the target's quantization, the stream variant first."""
+    if decision and decision.get("cpu_choice") and not target.delegate and target.model == "int8":
+        fmt, quant, *stream = decision["cpu_choice"].split()
+        for m in models:
+            if (m["format"], m["quant"], m["io"] == "stream") == (fmt, quant, bool(stream)):
+                return m["file"]
     io_order = ("quantized", "stream") if target.delegate else ("stream", "quantized", "float")
     for quant, fmt in ((target.model, "tflite"), (target.model, "onnx"), ("float32", "tflite")):
         for io in io_order + ("float",):

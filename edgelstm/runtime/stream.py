@@ -184,7 +184,10 @@ def _choose_model(bundle: Bundle, backend: str, model: str | None, delegate: str
     else:
         default = bundle.manifest.get("default_model")
         wanted = next((m["quant"] for m in bundle.manifest["models"] if m["file"] == default), "int8")
-        candidates = [m for m in candidates if m["quant"] == wanted] or candidates
+        # the default's quantization on this backend; else int8 (a dynamic-range default exists
+        # only as TFLite: onnxruntime then runs the ONNX int8 model, not a float one)
+        candidates = ([m for m in candidates if m["quant"] == wanted] or [m for m in candidates if m["quant"] == "int8"]
+                      or candidates)
     io_order = ("quantized", "stream", "float") if delegate else ("stream", "float", "quantized")
     ordered = [m for io in io_order for m in candidates if m.get("io", "quantized") == io]
     if delegate and fmt == "tflite":
