@@ -40,6 +40,8 @@ class BridgeStats:
     readings_stepped: int = 0
     readings_rejected: int = 0  # the runtime refused them (wrong channel count, NaN, ...)
     queue_overflow: int = 0
+    failed: int = 0  # readings whose handling raised (a bug: said in ``error``)
+    resets_lost: int = 0  # reset markers a full queue refused after a reconnect (not readings)
     disconnects: int = 0
     reconnects: int = 0
     started: float = field(default_factory=time.time)
@@ -103,7 +105,8 @@ class Bridge:
         for thread in self._threads:
             thread.join(timeout)
         alive = [t.name for t in self._threads if t.is_alive()]
-        self.unstepped = self._queue.qsize()
+        with self._queue.mutex:  # readings left behind (a reset marker is not one)
+            self.unstepped = sum(1 for item, _ in self._queue.queue if item is not _RESET)
         self._close_port()
         for sink in self.sinks:
             try:
@@ -167,6 +170,7 @@ class Bridge:
             "sinks": sinks,
             "frames": {"good": counters["frames_good"], "bad": sum(counters.get(f"frames_{k}", 0) for k in ("crc_failed", "malformed", "oversized", "garbage", "wrong_count")),
                        "dropped": counters.get("frames_dropped", 0), "queue_overflow": counters["queue_overflow"]},
+            "readings": self.ledger,
             "steps_per_s": round(self.stats.readings_stepped / elapsed, 3),
             "features": flags,
             "saturating": any(s.get("saturating") for s in runtime.get("streams", [])),
@@ -177,13 +181,33 @@ class Bridge:
         }
 
     @property
+    def ledger(self) -> dict:
+        """Where every reading that reached the bridge ended: exactly one outcome each.
+
+        ``stepped`` (a prediction, or a reading that filled the window), ``rejected`` (the
+        runtime refused it: out of range, NaN, wrong count), ``failed`` (its handling raised),
+        ``queue_overflow`` (the worker was behind), ``unstepped`` (still queued when ``stop()``
+        gave up), from the frame decoder ``corrupt``, ``lost_in_transit`` and ``duplicates``,
+        from the CSV decoder ``malformed_lines`` and ``partial_lines``; ``in_flight`` is what
+        is queued now. Their ``total`` is every reading the device sent that the bridge can know
+        of (a frame lost at the very end of a run, with no later frame, leaves no trace)."""
+        s = self.stats
+        outcomes = {"stepped": s.readings_stepped, "rejected": s.readings_rejected, "failed": s.failed,
+                    "queue_overflow": s.queue_overflow, "unstepped": self.unstepped, **self.decoder.readings()}
+        finished = s.readings_stepped + s.readings_rejected + s.failed + self.unstepped
+        outcomes["in_flight"] = max(s.readings_queued - finished, 0)
+        return {"outcomes": outcomes, "total": sum(outcomes.values()), "restarts": getattr(self.decoder.counters, "restarts", 0),
+                "noise": getattr(self.decoder.counters, "noise", 0)}
+
+    @property
     def counters(self) -> dict:
         """Every count the bridge keeps: decoder, queue, runtime and link."""
         out = {f"frames_{k}" if k != "bytes" else "bytes": v for k, v in self.decoder.counters.as_dict().items()}
         s = self.stats
         out.update(
             readings_queued=s.readings_queued, readings_stepped=s.readings_stepped, readings_rejected=s.readings_rejected,
-            queue_overflow=s.queue_overflow, disconnects=s.disconnects, reconnects=s.reconnects,
+            readings_failed=s.failed, queue_overflow=s.queue_overflow, readings_unstepped=self.unstepped,
+            disconnects=s.disconnects, reconnects=s.reconnects,
         )
         return out
 
@@ -244,12 +268,12 @@ class Bridge:
     def _reconnect(self) -> bool:
         self.stats.disconnects += 1
         self._close_port()
-        self.decoder.reset_sequence()
+        self.decoder.resync()  # the sequence carries on: frames lost while unplugged are counted
         if self.reset_on_reconnect:
             try:
                 self._queue.put_nowait((_RESET, 0))
             except queue.Full:
-                self.stats.queue_overflow += 1
+                self.stats.resets_lost += 1
         if self._open():
             self.stats.reconnects += 1
             return True
@@ -272,9 +296,12 @@ class Bridge:
                     for rule in self.alarms:
                         rule.active = False
                     continue
+                before = self.stats.readings_stepped + self.stats.readings_rejected
                 self._handle(frame, arrived)
             except Exception as exc:  # counted and kept; the worker carries on with the next reading
                 self.worker_errors += 1
+                if self.stats.readings_stepped + self.stats.readings_rejected == before:
+                    self.stats.failed += 1  # the reading itself got no outcome: it failed
                 self.error = exc
 
     def _handle(self, frame, arrived_ns: int) -> None:

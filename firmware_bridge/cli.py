@@ -49,6 +49,8 @@ def add_commands(sub) -> None:
     s.add_argument("--drop-every", type=int, default=0, help="leave out every N-th reading (0: none)")
     s.add_argument("--flip-every", type=int, default=0, help="flip a bit in every N-th frame (0: none)")
     s.add_argument("--disconnect-every", type=int, default=0, help="unplug the link every N readings (0: never)")
+    s.add_argument("--restart-every", type=int, default=0,
+                   help="restart the device every N readings: sequence and clock from 0, the RESTARTED flag (0: never)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default 0)")
     s.set_defaults(handler=run_simulate)
 
@@ -140,6 +142,9 @@ def run_bridge(args) -> int:
     done.wait(args.duration)
     bridge.stop()
     print("edgelstm bridge: " + ", ".join(f"{k} {v}" for k, v in bridge.counters.items()), file=sys.stderr)
+    ledger = bridge.ledger
+    print(f"edgelstm bridge: readings {ledger['total']}: " + ", ".join(f"{k} {v}" for k, v in ledger["outcomes"].items() if v)
+          + f"; device restarts {ledger['restarts']}", file=sys.stderr)
     return _exit_status(bridge)
 
 
@@ -158,7 +163,7 @@ def run_simulate(args) -> int:
     from .simulator import Faults, Simulator, cmapss_units
     from .transport import PtyLink, open_port
 
-    faults = Faults(args.noise_every, args.drop_every, args.flip_every, args.disconnect_every, seed=args.seed)
+    faults = Faults(args.noise_every, args.drop_every, args.flip_every, args.disconnect_every, args.restart_every, seed=args.seed)
     simulator = Simulator(cmapss_units(args.unit, args.split), rate=args.rate, protocol=args.protocol, faults=faults)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,16 +1,23 @@
 """Wire protocols between the MCU and the bridge: ``frame`` (binary) and ``csv`` (text lines).
 
-**frame** (version 1). On the wire a frame is ``0x00 || COBS(payload || crc32(payload)) || 0x00``
+**frame** (version 2). On the wire a frame is ``0x00 || COBS(payload || crc32(payload)) || 0x00``
 (back-to-back frames share nothing: the empty run between two delimiters is ignored).
 Payload, little-endian::
 
-    u8   version          1
+    u8   version          2 (1: the same without the flags byte; still decoded)
     u8   encoding         0: float32 values; 1: int16 values times a float32 scale
-    u16  sequence         +1 per frame, wraps at 65536
-    u64  timestamp_us     device clock, microseconds
+    u8   flags            bit 0 RESTARTED: the first frame since the device started
+    u16  sequence         0 at start, +1 per frame, wraps at 65536
+    u64  timestamp_us     device clock, microseconds since start, never decreasing while it runs
     u8   channels         N (1..64)
     f32  scale            only when encoding == 1
     N x  value            f32 (encoding 0) or i16 (encoding 1)
+
+Restarts are said by the device, not guessed: the RESTARTED flag, or (when that first frame
+was lost) its clock going backwards. Either way the decoder counts one restart and, since a
+device counts from sequence 0 when it starts, the frames of the new run that never arrived as
+lost. A version-1 device has neither, so for its frames a sequence number far behind the
+last one is taken as a restart and one a little behind as a repeat (the old heuristic).
 
 ``crc32`` is CRC-32/ISO-HDLC (zlib's ``crc32``: reflected polynomial 0xEDB88320, init and
 xorout 0xFFFFFFFF), appended little-endian. COBS removes every 0x00 from the encoded bytes
@@ -20,10 +27,14 @@ between frames from running into the next frame. COBS comes from the ``cobs`` pa
 CRC-32 from zlib.
 
 :class:`FrameDecoder` is a packetizer in the style of ``serial.threaded.Packetizer``: feed
-it any chunks of bytes, it returns decoded frames and keeps exact counts of good frames,
-CRC failures, malformed and oversized frames, sequence gaps (frames lost) and duplicates.
-Its buffer is bounded: a run of bytes without a delimiter longer than a frame can be is
-dropped and counted, never accumulated.
+it any chunks of bytes, it returns decoded frames and keeps exact counts of every reading's
+fate: good frames; readings lost to corruption (a CRC-failed or malformed frame where a
+sequence number is missing); readings lost in transit (missing sequence numbers no corrupted
+frame accounts for); duplicates; restarts; and, apart from readings, line noise (corrupted
+runs beyond the missing sequence numbers) and oversized runs. Its buffer is bounded: a run of
+bytes without a delimiter longer than a frame can be is dropped and counted, never
+accumulated. Its sequence survives a reconnect (:meth:`FrameDecoder.resync`), so frames lost
+while a cable was out are counted as lost.
 
 **csv**: one reading per line, numbers separated by comma, tab or spaces (Edge Impulse's
 data forwarder format), optional leading timestamp, CR/LF tolerant, blank lines ignored,
@@ -32,6 +43,7 @@ the partial first line after connecting discarded, garbage lines counted and ski
 
 from __future__ import annotations
 
+import collections
 import re
 import struct
 import zlib
@@ -40,12 +52,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from cobs import cobs
 
-VERSION = 1
+VERSION = 2
+#: Versions this decoder reads.
+VERSIONS = (1, 2)
 FLOAT32, INT16 = 0, 1
+#: Frame flags (version 2).
+RESTARTED = 0x01
 MAX_CHANNELS = 64
-#: A sequence number at most this far behind the last one is a repeat; further back, a restart.
+#: A sequence number at most this far behind the last one is a repeat; further back (version
+#: 1 frames only, or a device without a clock), a restart.
 RESTART_WINDOW = 16
-HEADER = struct.Struct("<BBHQB")
+HEADER = struct.Struct("<BBBHQB")  # version, encoding, flags, sequence, timestamp_us, channels
+HEADER_V1 = struct.Struct("<BBHQB")  # version, encoding, sequence, timestamp_us, channels
 #: Largest payload + CRC: header, scale, 64 int16-or-float32 values, CRC-32.
 MAX_RAW_BYTES = HEADER.size + 4 + 4 * MAX_CHANNELS + 4
 #: Largest COBS-encoded frame between two delimiters (COBS adds one byte per 254, plus one).
@@ -59,18 +77,26 @@ class Frame:
     values: np.ndarray  # float32 (channels,)
     encoding: int = FLOAT32
     scale: float = 1.0
+    flags: int = 0
+    version: int = VERSION
 
 
 def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_payload(sequence: int, timestamp_us: int, values, encoding: int = FLOAT32, scale: float = 1.0) -> bytes:
+def encode_payload(sequence: int, timestamp_us: int, values, encoding: int = FLOAT32, scale: float = 1.0,
+                   flags: int = 0, version: int = VERSION) -> bytes:
     values = np.asarray(values)
     count = int(values.shape[0])
     if not 1 <= count <= MAX_CHANNELS:
         raise ValueError(f"{count} channels; the frame protocol carries 1..{MAX_CHANNELS}")
-    head = HEADER.pack(VERSION, encoding, sequence & 0xFFFF, timestamp_us & 0xFFFFFFFFFFFFFFFF, count)
+    if version == 1:
+        head = HEADER_V1.pack(1, encoding, sequence & 0xFFFF, timestamp_us & 0xFFFFFFFFFFFFFFFF, count)
+    elif version == VERSION:
+        head = HEADER.pack(VERSION, encoding, flags & 0xFF, sequence & 0xFFFF, timestamp_us & 0xFFFFFFFFFFFFFFFF, count)
+    else:
+        raise ValueError(f"unknown protocol version {version}")
     if encoding == FLOAT32:
         body = values.astype("<f4").tobytes()
     elif encoding == INT16:
@@ -81,48 +107,60 @@ def encode_payload(sequence: int, timestamp_us: int, values, encoding: int = FLO
     return head + body
 
 
-def encode_frame(sequence: int, timestamp_us: int, values, encoding: int = FLOAT32, scale: float = 1.0) -> bytes:
+def encode_frame(sequence: int, timestamp_us: int, values, encoding: int = FLOAT32, scale: float = 1.0,
+                 flags: int = 0, version: int = VERSION) -> bytes:
     """One complete frame on the wire, both delimiters included."""
-    payload = encode_payload(sequence, timestamp_us, values, encoding, scale)
+    payload = encode_payload(sequence, timestamp_us, values, encoding, scale, flags, version)
     return b"\x00" + cobs.encode(payload + struct.pack("<I", crc32(payload))) + b"\x00"
 
 
 def decode_payload(payload: bytes) -> Frame:
     """Parse a CRC-checked payload; raises ValueError naming what is wrong."""
-    if len(payload) < HEADER.size:
-        raise ValueError(f"payload of {len(payload)} bytes is shorter than the {HEADER.size}-byte header")
-    version, encoding, sequence, timestamp, count = HEADER.unpack_from(payload)
-    if version != VERSION:
-        raise ValueError(f"protocol version {version}, this bridge speaks {VERSION}")
+    version = payload[0] if payload else None
+    if version not in VERSIONS:
+        raise ValueError(f"protocol version {version}, this bridge reads {' and '.join(map(str, VERSIONS))}")
+    header = HEADER if version == VERSION else HEADER_V1
+    if len(payload) < header.size:
+        raise ValueError(f"payload of {len(payload)} bytes is shorter than the {header.size}-byte header")
+    if version == VERSION:
+        _, encoding, flags, sequence, timestamp, count = header.unpack_from(payload)
+    else:
+        (_, encoding, sequence, timestamp, count), flags = header.unpack_from(payload), 0
     if not 1 <= count <= MAX_CHANNELS:
         raise ValueError(f"{count} channels")
-    body = payload[HEADER.size :]
+    body = payload[header.size :]
     if encoding == FLOAT32:
         if len(body) != 4 * count:
             raise ValueError(f"{len(body)} value bytes for {count} float32 channels")
-        return Frame(sequence, timestamp, np.frombuffer(body, "<f4").astype(np.float32), FLOAT32)
+        return Frame(sequence, timestamp, np.frombuffer(body, "<f4").astype(np.float32), FLOAT32, 1.0, flags, version)
     if encoding == INT16:
         if len(body) != 4 + 2 * count:
             raise ValueError(f"{len(body)} value bytes for {count} int16 channels and a scale")
         (scale,) = struct.unpack_from("<f", body)
         values = np.frombuffer(body, "<i2", offset=4).astype(np.float32) * np.float32(scale)
-        return Frame(sequence, timestamp, values, INT16, float(scale))
+        return Frame(sequence, timestamp, values, INT16, float(scale), flags, version)
     raise ValueError(f"unknown value encoding {encoding}")
 
 
 @dataclass
 class FrameCounters:
     good: int = 0
-    crc_failed: int = 0
+    corrupt: int = 0  # readings lost to corruption: a CRC-failed or malformed frame where a sequence number is missing
+    dropped: int = 0  # readings lost in transit: missing sequence numbers no corrupted frame accounts for
+    duplicates: int = 0  # the same frame again, or a late repeat a little behind the last one
+    restarts: int = 0  # the device started again (RESTARTED flag or its clock going back; v1: the sequence far back)
+    crc_failed: int = 0  # link diagnostics from here on: runs between delimiters by what was wrong with them
     malformed: int = 0  # COBS-invalid, too short, bad version or lengths
     oversized: int = 0  # delimiter-free runs longer than any frame
-    dropped: int = 0  # frames missing from the sequence (gaps)
-    duplicates: int = 0  # same sequence number again, or a little behind the last one
-    restarts: int = 0  # the sequence jumped far back: the device restarted, counting begins again
+    noise: int = 0  # corrupted runs beyond the missing sequence numbers: line noise, not readings
     bytes: int = 0
 
     def as_dict(self) -> dict:
         return dict(vars(self))
+
+    def readings(self) -> dict:
+        """The readings' outcomes the decoder decides (the bridge's ledger adds the rest)."""
+        return {"corrupt": self.corrupt, "lost_in_transit": self.dropped, "duplicates": self.duplicates}
 
 
 @dataclass
@@ -134,6 +172,9 @@ class FrameDecoder:
     _buffer: bytearray = field(default_factory=bytearray)
     _overflowing: bool = False
     _last_sequence: int | None = None
+    _last_time: int = 0
+    _pending_corrupt: int = 0  # corrupted runs since the last good frame, not yet matched to missing numbers
+    _recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RESTART_WINDOW))
 
     def feed(self, data: bytes) -> list:
         """Decode what ``data`` completes; keep the unfinished tail for the next call."""
@@ -169,39 +210,82 @@ class FrameDecoder:
         try:
             raw = cobs.decode(encoded)
         except cobs.DecodeError:
-            self.counters.malformed += 1
-            return None
+            return self._corrupted("malformed")
         if len(raw) < 5:
-            self.counters.malformed += 1
-            return None
+            return self._corrupted("malformed")
         payload, (crc,) = raw[:-4], struct.unpack("<I", raw[-4:])
         if crc32(payload) != crc:
-            self.counters.crc_failed += 1
-            return None
+            return self._corrupted("crc_failed")
         try:
             frame = decode_payload(payload)
         except ValueError:
-            self.counters.malformed += 1
+            return self._corrupted("malformed")
+        return self._account(frame)
+
+    def _corrupted(self, kind: str) -> None:
+        setattr(self.counters, kind, getattr(self.counters, kind) + 1)
+        self._pending_corrupt += 1
+        return None
+
+    def _account(self, frame: Frame):
+        """Place ``frame`` in the sequence: a repeat (returns None), or good after ``missing``
+        readings that never arrived intact (corrupt as far as corrupted runs account for them)."""
+        counters, last = self.counters, self._last_sequence
+        restarted = bool(frame.flags & RESTARTED)
+        if restarted:
+            self._recent.clear()
+        elif last is not None and self._is_repeat(frame, last):
+            counters.duplicates += 1
             return None
-        if self._last_sequence is not None:
-            gap = (frame.sequence - self._last_sequence) & 0xFFFF
-            behind = (0x10000 - gap) & 0xFFFF
-            if gap == 0 or 0 < behind <= RESTART_WINDOW:  # the same frame again, or a late repeat
-                self.counters.duplicates += 1
-                return None
-            if gap > 0x8000:  # far behind: the device restarted (a reboot behind a USB-UART adapter)
-                self.counters.restarts += 1
+        missing = 0
+        if last is not None:  # the first frame since the bridge started: what came before is not ours to count
+            gap = (frame.sequence - last) & 0xFFFF
+            clocked = frame.version >= 2 and frame.timestamp_us != self._last_time
+            if restarted:
+                counters.restarts += 1  # the new run's first frame: nothing of it is missing
+            elif clocked and frame.timestamp_us < self._last_time:
+                counters.restarts += 1  # the clock went back: restarted, and its flagged first frame was lost
+                missing = frame.sequence  # a run counts from 0
+            elif not clocked and gap > 0x8000:
+                counters.restarts += 1  # version 1 or no clock: a sequence far behind is a restart
+                missing = frame.sequence if frame.version >= 2 else 0
             else:
-                self.counters.dropped += gap - 1
-        self._last_sequence = frame.sequence
-        self.counters.good += 1
+                missing = gap - 1 if gap else 0xFFFF
+        corrupt = min(self._pending_corrupt, missing)
+        counters.corrupt += corrupt
+        counters.dropped += missing - corrupt
+        counters.noise += self._pending_corrupt - corrupt
+        self._pending_corrupt = 0
+        self._last_sequence, self._last_time = frame.sequence, frame.timestamp_us
+        self._recent.append((frame.sequence, frame.timestamp_us))
+        counters.good += 1
         return frame
 
-    def reset_sequence(self) -> None:
-        """Forget the last sequence number (after a reconnect the device may have restarted)."""
-        self._last_sequence = None
+    def _is_repeat(self, frame: Frame, last: int) -> bool:
+        """A frame seen already: the same sequence and device time as one of the last
+        :data:`RESTART_WINDOW` frames; without a clock (time 0), a sequence at most that far behind."""
+        if frame.timestamp_us:
+            return (frame.sequence, frame.timestamp_us) in self._recent
+        behind = (last - frame.sequence) & 0xFFFF
+        return behind <= RESTART_WINDOW
+
+    def readings(self) -> dict:
+        """The readings' outcomes the decoder decides (the bridge's ledger adds the rest)."""
+        return self.counters.readings()
+
+    def resync(self) -> None:
+        """After a reconnect: drop the half-read frame, keep the sequence (gaps across the
+        reconnect are counted; a device restart says so itself)."""
         self._buffer.clear()
         self._overflowing = False
+
+    def reset_sequence(self) -> None:
+        """Forget the last sequence number: the next frame starts a new stream (a new machine)."""
+        self._last_sequence = None
+        self._last_time = 0
+        self._pending_corrupt = 0
+        self._recent.clear()
+        self.resync()
 
 
 _SEPARATORS = re.compile(r"[,\t ]+")
@@ -285,7 +369,15 @@ class CsvDecoder:
         self._sequence = (self._sequence + 1) & 0xFFFF
         return Frame(self._sequence, timestamp, np.asarray(numbers, np.float32))
 
-    def reset_sequence(self) -> None:
+    def resync(self) -> None:
+        """After a reconnect: the next line may start mid-way."""
         self._buffer.clear()
         self._first = True
         self._overflowing = False
+
+    reset_sequence = resync  # lines carry no sequence: a new stream is a resync
+
+    def readings(self) -> dict:
+        """The readings' outcomes the decoder decides (the bridge's ledger adds the rest)."""
+        c = self.counters
+        return {"malformed_lines": c.garbage + c.wrong_count, "partial_lines": c.partial}

@@ -9,7 +9,14 @@ fixed schedule so tests can assert exact counts:
 - ``drop_every=N``: the N-th reading is never sent (a sequence gap);
 - ``flip_every=N``: one bit of the N-th encoded frame is flipped (never into a 0x00, so the
   frame stays one piece and fails its CRC or COBS check);
-- ``disconnect_every=N``: after the N-th reading the link is unplugged and plugged again.
+- ``disconnect_every=N``: after the N-th reading the link is unplugged and plugged again;
+- ``restart_every=N``: the device restarts before the N-th reading (and every N after): its
+  sequence and clock start again from 0 and its first frame carries the RESTARTED flag. The
+  frame just before a restart is always sent intact: readings lost at the very end of a run
+  leave no trace in any later frame, so no decoder could count them. For the same reason the
+  last reading played is never dropped, flipped or followed by an unplug.
+
+The device starts as a device does: its first frame is flagged RESTARTED.
 
 :attr:`Simulator.truth` counts what was actually done, the ground truth for the bridge's
 counters.
@@ -22,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .protocol import FLOAT32, encode_frame
+from .protocol import FLOAT32, RESTARTED, encode_frame
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Faults:
     drop_every: int = 0
     flip_every: int = 0
     disconnect_every: int = 0
+    restart_every: int = 0
     noise_bytes: int = 24
     seed: int = 0
 
@@ -43,6 +51,7 @@ class Truth:
     flipped: int = 0
     noise_bursts: int = 0
     disconnects: int = 0
+    restarts: int = 0
     intact_sequences: list = field(default_factory=list)
 
 
@@ -62,34 +71,42 @@ class Simulator:
         for sequence in self.sequences:
             yield from sequence
 
-    def chunks(self):
-        """``(bytes, reading_number, disconnect_after)`` for every reading, faults applied."""
+    def chunks(self, limit: int | None = None):
+        """``(bytes, reading_number, disconnect_after)`` for every reading (the first ``limit``), faults applied."""
         faults = self.faults
+        sequence, first = 0, True
+        last = sum(len(s) for s in self.sequences) if limit is None else min(limit, sum(len(s) for s in self.sequences))
         for number, values in enumerate(self.readings(), start=1):
-            sequence = (number - 1) & 0xFFFF
+            if number > last:
+                return
+            if faults.restart_every and number > 1 and (number - 1) % faults.restart_every == 0:
+                sequence, first, self._clock_us = 0, True, 0  # the device restarts
+                self.truth.restarts += 1
+            before_restart = bool(faults.restart_every and number % faults.restart_every == 0) or number == last
             self._clock_us += int(1e6 / self.rate) if self.rate else 1000
             self.truth.readings += 1
             data = b""
             if faults.noise_every and number % faults.noise_every == 0:
                 data += bytes(self._rng.integers(1, 256, faults.noise_bytes, dtype=np.uint8))
                 self.truth.noise_bursts += 1
-            if faults.drop_every and number % faults.drop_every == 0:
+            if faults.drop_every and number % faults.drop_every == 0 and not before_restart:
                 self.truth.dropped += 1
             else:
-                frame = self._encode(sequence, values)
-                if faults.flip_every and number % faults.flip_every == 0:
+                frame = self._encode(sequence, values, first)
+                if faults.flip_every and number % faults.flip_every == 0 and not before_restart:
                     frame = self._flip(frame)
                     self.truth.flipped += 1
                 else:
                     self.truth.sent += 1
                     self.truth.intact_sequences.append(sequence)
                 data += frame
-            disconnect = bool(faults.disconnect_every and number % faults.disconnect_every == 0)
+            sequence, first = (sequence + 1) & 0xFFFF, False
+            disconnect = bool(faults.disconnect_every and number % faults.disconnect_every == 0) and number != last
             yield data, number, disconnect
 
-    def _encode(self, sequence: int, values) -> bytes:
+    def _encode(self, sequence: int, values, first: bool = False) -> bytes:
         if self.protocol == "frame":
-            return encode_frame(sequence, self._clock_us, values, self.encoding, self.scale)
+            return encode_frame(sequence, self._clock_us, values, self.encoding, self.scale, RESTARTED if first else 0)
         return (",".join([str(self._clock_us)] + [repr(float(v)) for v in values]) + "\r\n").encode()
 
     def _flip(self, frame: bytes) -> bytes:
@@ -111,7 +128,7 @@ class Simulator:
             write(b"\x00")  # a device sends one delimiter when it starts
         period = 1.0 / self.rate if self.rate else 0.0
         next_time = time.monotonic()
-        for data, number, disconnect in self.chunks():
+        for data, number, disconnect in self.chunks(limit):
             if stop is not None and stop.is_set():
                 break
             if period:

@@ -399,6 +399,12 @@ class _BridgeCollector:
             if key.startswith("frames_"):
                 frames.add_metric([device, key[len("frames_"):]], value)
         yield frames
+        readings = CounterMetricFamily("edgelstm_readings", "Readings by outcome (the ledger: one outcome each)",
+                                       labels=["device", "outcome"])
+        for outcome, value in self.bridge.ledger["outcomes"].items():
+            if outcome != "in_flight":
+                readings.add_metric([device, outcome], value)
+        yield readings
         for key in ("readings_stepped", "readings_rejected", "queue_overflow", "disconnects", "reconnects"):
             family = CounterMetricFamily(f"edgelstm_{key}", key.replace("_", " "), labels=["device"])
             family.add_metric([device], counters[key])

@@ -21,8 +21,24 @@ import serial
 
 
 def open_port(port: str, baud: int = 115200, timeout: float = 0.05):
-    """Open a serial device or pyserial URL, non-exclusive, with a short read timeout."""
-    return serial.serial_for_url(port, baudrate=baud, timeout=timeout)
+    """Open a serial device or pyserial URL, non-exclusive, with a short read timeout, keeping
+    what the kernel already buffered.
+
+    pyserial's ``open()`` of a device path (3.5) ends with ``_reset_input_buffer()`` (a TCIFLUSH):
+    readings the device sent while the bridge was reconnecting would vanish without a count
+    (measured: 125-175 frames per reconnect, and those sent before start-up). The flush is
+    skipped for that one call; the bytes are decoded like any others (a half frame at the
+    front fails its check and is counted)."""
+    link = serial.serial_for_url(port, baudrate=baud, timeout=timeout, do_not_open=True)
+    if isinstance(link, serial.Serial):  # a device path (POSIX): the class whose open() flushes
+        link._reset_input_buffer = lambda: None
+        try:
+            link.open()
+        finally:
+            del link._reset_input_buffer  # later calls flush as documented
+    else:
+        link.open()
+    return link
 
 
 class PtyLink:

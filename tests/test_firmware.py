@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from firmware_bridge.protocol import FLOAT32, INT16, MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from firmware_bridge.protocol import FLOAT32, INT16, MAX_FRAME_BYTES, RESTARTED, FrameDecoder, encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware_bridge" / "firmware"
@@ -87,21 +87,22 @@ def f32_bits(values) -> np.ndarray:
     return np.asarray(values, np.float32).view(np.uint32)
 
 
-def frame_command(encoding, sequence, timestamp_us, bits_or_raw, scale_bits=0, capacity="-", channels=None) -> str:
+def frame_command(encoding, sequence, timestamp_us, bits_or_raw, scale_bits=0, capacity="-", channels=None, flags=0) -> str:
     """One harness line; float32 values as uint32 bit patterns, int16 values as ints."""
     items = [int(v) for v in bits_or_raw]
     count = len(items) if channels is None else channels
     if encoding == FLOAT32:
-        return f"F {capacity} {sequence} {timestamp_us} {count} " + " ".join(f"{b:08x}" for b in items)
-    return f"I {capacity} {sequence} {timestamp_us} {count} {scale_bits:08x} " + " ".join(map(str, items))
+        return f"F {capacity} {flags} {sequence} {timestamp_us} {count} " + " ".join(f"{b:08x}" for b in items)
+    return f"I {capacity} {flags} {sequence} {timestamp_us} {count} {scale_bits:08x} " + " ".join(map(str, items))
 
 
 def case_command(case, capacity="-") -> str:
     if case["encoding"] == FLOAT32:
         bits = f32_bits(case["values"])
-        return frame_command(FLOAT32, case["sequence"], case["timestamp_us"], bits, capacity=capacity)
+        return frame_command(FLOAT32, case["sequence"], case["timestamp_us"], bits, capacity=capacity, flags=case["flags"])
     scale_bits = int(f32_bits([case["scale"]])[0])
-    return frame_command(INT16, case["sequence"], case["timestamp_us"], case["raw"], scale_bits, capacity=capacity)
+    return frame_command(INT16, case["sequence"], case["timestamp_us"], case["raw"], scale_bits, capacity=capacity,
+                         flags=case["flags"])
 
 
 def frame_of(line: str) -> bytes:
@@ -172,13 +173,13 @@ def test_vectors_match_the_python_encoder(case):
     assert f32_bits(values).tolist() == [int(b, 16) for b in case["values_f32_bits"]]
     assert np.array_equal(values, values.astype(np.float32).astype(np.float64))  # exactly float32
     if case["encoding"] == FLOAT32:
-        frame = encode_frame(case["sequence"], case["timestamp_us"], values.astype(np.float32))
+        frame = encode_frame(case["sequence"], case["timestamp_us"], values.astype(np.float32), flags=case["flags"])
     else:
         scale = case["scale"]
         assert float(np.float32(scale)) == scale and f"{int(f32_bits([scale])[0]):08x}" == case["scale_f32_bits"]
         raw = np.clip(np.rint(values / scale), -32768, 32767).astype(np.int16)
         assert raw.tolist() == case["raw"]
-        frame = encode_frame(case["sequence"], case["timestamp_us"], values, encoding=INT16, scale=scale)
+        frame = encode_frame(case["sequence"], case["timestamp_us"], values, encoding=INT16, scale=scale, flags=case["flags"])
     assert frame.hex() == case["frame_hex"]
 
 
@@ -188,6 +189,8 @@ def test_vectors_cover_the_edge_cases():
     assert {1, 24, 64} <= {case["channels"] for case in CASES if case["encoding"] == FLOAT32}
     assert {1, 24, 64} <= {case["channels"] for case in CASES if case["encoding"] == INT16}
     assert {0, 65535} <= {case["sequence"] for case in CASES}
+    assert {0, RESTARTED} == {case["flags"] for case in CASES}
+    assert {case["encoding"] for case in CASES if case["flags"] == RESTARTED} == {FLOAT32, INT16}
     stamps = {case["timestamp_us"] for case in CASES}
     assert {2**32 - 1, 2**32, 2**32 + 1, 2**64 - 1} <= stamps
     raws = [r for case in CASES if case["encoding"] == INT16 for r in case["raw"]]
@@ -199,7 +202,7 @@ def test_vectors_cover_the_edge_cases():
         raw = cobs.decode(bytes.fromhex(case["frame_hex"])[1:-1])
         runs.append(max(len(run) for run in raw.split(b"\x00")))
         assert raw.count(0) >= 1 or case["encoding"] == INT16
-    assert max(runs) > 254 and 254 in runs  # past COBS's block boundary, and exactly on it
+    assert max(runs) > 255 and {254, 255} <= set(runs)  # past COBS's block boundary, exactly on it, one past
 
 
 # ---------------------------------------------------------------- compiling the C encoder
@@ -252,6 +255,7 @@ def test_c_frames_decode_in_python(harness, macros):
         (decoded,) = decoder.feed(frame)
         assert decoder.counters.good == 1 and decoder.counters.malformed == decoder.counters.crc_failed == 0
         assert decoded.sequence == case["sequence"] and decoded.timestamp_us == case["timestamp_us"]
+        assert decoded.flags == case["flags"] and decoded.version == 2
         assert decoded.encoding == case["encoding"] and decoded.values.dtype == np.float32
         if case["encoding"] == FLOAT32:  # bit-exact: -0.0 stays -0.0
             assert decoded.values.view(np.uint32).tolist() == [int(b, 16) for b in case["values_f32_bits"]]
@@ -299,33 +303,34 @@ def test_c_encoder_matches_python_on_random_frames(harness, macros):
         channels = int(rng.integers(1, 65)) if i % 4 else 64
         sequence = int(rng.integers(0, 65536))
         timestamp = int(rng.integers(0, 2**64, dtype=np.uint64))
+        flags = int(rng.integers(0, 2)) * RESTARTED
         if i % 2 == 0:  # float32: random bit patterns (NaN, inf included), some zero bytes, some none
             bits = rng.integers(0, 2**32, channels, dtype=np.uint64).astype(np.uint32)
             if i % 3 == 0:
                 bits |= np.uint32(0x01010101)
             elif i % 3 == 1:
                 bits &= np.uint32(0xFF00FF00)
-            lines.append(frame_command(FLOAT32, sequence, timestamp, bits))
-            expected.append(encode_frame(sequence, timestamp, bits.view(np.float32)))
+            lines.append(frame_command(FLOAT32, sequence, timestamp, bits, flags=flags))
+            expected.append(encode_frame(sequence, timestamp, bits.view(np.float32), flags=flags))
         else:  # int16: raw values and any float32 scale (Python quantises raw * 1.0 to itself)
             raw = rng.integers(-32768, 32768, channels).astype(np.int16)
             if i % 3 == 0:
                 raw[rng.random(channels) < 0.3] = 0
             scale_bits = int(rng.integers(0, 2**32))
-            lines.append(frame_command(INT16, sequence, timestamp, raw, scale_bits))
-            payload = struct.pack("<BBHQB", 1, INT16, sequence, timestamp, channels)
+            lines.append(frame_command(INT16, sequence, timestamp, raw, scale_bits, flags=flags))
+            payload = struct.pack("<BBBHQB", 2, INT16, flags, sequence, timestamp, channels)
             payload += struct.pack("<I", scale_bits) + raw.astype("<i2").tobytes()
             # the reference path: encode_frame with scale 1.0 gives the same values bytes
-            reference = encode_frame(sequence, timestamp, raw.astype(np.float64), encoding=INT16, scale=1.0)
+            reference = encode_frame(sequence, timestamp, raw.astype(np.float64), encoding=INT16, scale=1.0, flags=flags)
             ref_raw = cobs.decode(reference[1:-1])
-            assert ref_raw[:13] == payload[:13] and ref_raw[17:-4] == payload[17:]
+            assert ref_raw[:14] == payload[:14] and ref_raw[18:-4] == payload[18:]
             expected.append(b"\x00" + cobs.encode(payload + struct.pack("<I", zlib.crc32(payload))) + b"\x00")
     out = run_harness(harness, lines)
     for line, want, command in zip(out, expected, lines):
         got = frame_of(line)
         assert got == want, command
         key = "float32" if command[0] == "F" else "int16"
-        assert len(got) <= macros[key][int(command.split()[4])]
+        assert len(got) <= macros[key][int(command.split()[5])]
 
 
 @needs_gcc
@@ -389,21 +394,22 @@ def test_too_small_buffer_or_bad_channel_count_returns_zero(harness, macros):
 def _zero_free_frame(encoding: int, channels: int) -> bytes:
     """Python's frame for ``channels`` values whose payload has no zero byte but the unavoidable one.
 
-    float32 frames always carry one 0x00 (the encoding byte); int16 frames can be zero-free.
-    The last value's low byte is adjusted until the CRC is zero-free as well.
+    float32 frames always carry one 0x00 (the encoding byte); int16 frames can be zero-free
+    (both with the RESTARTED flag, else the flags byte is a second 0x00). The last value's low
+    byte is adjusted until the CRC is zero-free as well.
     """
     sequence, timestamp = 0x0101, 0x0102030405060708
     for low in range(1, 256):
         if encoding == FLOAT32:
             bits = np.full(channels, 0x3F8CCCCD, np.uint32)
             bits[-1] = (bits[-1] & 0xFFFFFF00) | low
-            frame = encode_frame(sequence, timestamp, bits.view(np.float32))
+            frame = encode_frame(sequence, timestamp, bits.view(np.float32), flags=RESTARTED)
         else:
             scale = float(np.uint32(0x3F8CCCCD).view(np.float32))  # about 1.1, no zero byte
             raw = np.full(channels, 0x0101 * 3, np.int64)
             raw[-1] = 0x0100 | low
-            frame = encode_frame(sequence, timestamp, raw * scale, encoding=INT16, scale=scale)
-            assert cobs.decode(frame[1:-1])[17:-4] == raw.astype("<i2").tobytes()
+            frame = encode_frame(sequence, timestamp, raw * scale, encoding=INT16, scale=scale, flags=RESTARTED)
+            assert cobs.decode(frame[1:-1])[18:-4] == raw.astype("<i2").tobytes()
         payload = cobs.decode(frame[1:-1])
         if payload.count(0) == (1 if encoding == FLOAT32 else 0):
             return frame
@@ -414,7 +420,7 @@ def _zero_free_frame(encoding: int, channels: int) -> bytes:
 def test_max_frame_bytes_is_the_tight_worst_case(macros):
     """ELF_MAX_FRAME_BYTES is exactly the longest frame Python makes (64 float32 channels)."""
     longest = _zero_free_frame(FLOAT32, 64)
-    assert macros["max"] == len(longest) == 277
+    assert macros["max"] == len(longest) == 278
     assert macros["max"] == macros["float32"][64] == max([*macros["float32"].values(), *macros["int16"].values()])
     # and every per-channel-count macro is reached too, in both encodings
     for channels in range(1, 65):

@@ -17,8 +17,8 @@ The file is a JSON list; each case has:
     what it covers.
 ``encoding``
     0 (float32) or 1 (int16).
-``sequence``, ``timestamp_us``, ``channels``
-    the header fields.
+``flags``, ``sequence``, ``timestamp_us``, ``channels``
+    the header fields (``flags`` 1: RESTARTED, the first frame after a device start).
 ``values``
     the input values as JSON numbers. Every one is exactly a float32 (for int16: the value
     before quantisation), so ``float32(value)`` is lossless.
@@ -49,7 +49,7 @@ OUTPUT = HERE / "test_vectors.json"
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from firmware_bridge.protocol import FLOAT32, HEADER, INT16, VERSION, encode_frame  # noqa: E402
+from firmware_bridge.protocol import FLOAT32, HEADER, INT16, RESTARTED, VERSION, encode_frame  # noqa: E402
 
 
 def f32(bits: int) -> float:
@@ -61,12 +61,12 @@ def bits_of(value: float) -> int:
     return int(np.float32(value).view(np.uint32))
 
 
-def _payload_float32(sequence: int, timestamp_us: int, bits: list) -> bytes:
-    head = HEADER.pack(VERSION, FLOAT32, sequence, timestamp_us, len(bits))
+def _payload_float32(sequence: int, timestamp_us: int, bits: list, flags: int = 0) -> bytes:
+    head = HEADER.pack(VERSION, FLOAT32, flags, sequence, timestamp_us, len(bits))
     return head + b"".join(struct.pack("<I", b) for b in bits)
 
 
-def _crc_without_zero_bytes(sequence: int, timestamp_us: int, bits: list, slot: int) -> list:
+def _crc_without_zero_bytes(sequence: int, timestamp_us: int, bits: list, slot: int, flags: int = 0) -> list:
     """Adjust the low byte of value ``slot`` (kept non-zero) until the CRC has no 0x00 byte.
 
     COBS block-boundary cases need a zero-free tail including the CRC; the search is
@@ -75,20 +75,21 @@ def _crc_without_zero_bytes(sequence: int, timestamp_us: int, bits: list, slot: 
     bits = list(bits)
     for low in range(1, 256):
         bits[slot] = (bits[slot] & 0xFFFFFF00) | low
-        crc = zlib.crc32(_payload_float32(sequence, timestamp_us, bits))
+        crc = zlib.crc32(_payload_float32(sequence, timestamp_us, bits, flags))
         if 0 not in struct.pack("<I", crc):
             return bits
     raise AssertionError("no zero-free CRC found")  # pragma: no cover
 
 
-def _float_case(name: str, why: str, sequence: int, timestamp_us: int, bits: list) -> dict:
+def _float_case(name: str, why: str, sequence: int, timestamp_us: int, bits: list, flags: int = 0) -> dict:
     values = [f32(b) for b in bits]
-    frame = encode_frame(sequence, timestamp_us, np.array(bits, np.uint32).view(np.float32))
+    frame = encode_frame(sequence, timestamp_us, np.array(bits, np.uint32).view(np.float32), flags=flags)
     assert [bits_of(v) for v in values] == list(bits)
     return {
         "name": name,
         "why": why,
         "encoding": FLOAT32,
+        "flags": flags,
         "sequence": sequence,
         "timestamp_us": timestamp_us,
         "channels": len(bits),
@@ -98,15 +99,16 @@ def _float_case(name: str, why: str, sequence: int, timestamp_us: int, bits: lis
     }
 
 
-def _int16_case(name: str, why: str, sequence: int, timestamp_us: int, values: list, scale: float) -> dict:
+def _int16_case(name: str, why: str, sequence: int, timestamp_us: int, values: list, scale: float, flags: int = 0) -> dict:
     scale = float(np.float32(scale))  # the frame carries a float32 scale: keep Python and C dividing by the same
     values = [float(np.float32(v)) for v in values]
     raw = np.clip(np.rint(np.asarray(values, np.float64) / scale), -32768, 32767).astype(np.int16)
-    frame = encode_frame(sequence, timestamp_us, values, encoding=INT16, scale=scale)
+    frame = encode_frame(sequence, timestamp_us, values, encoding=INT16, scale=scale, flags=flags)
     return {
         "name": name,
         "why": why,
         "encoding": INT16,
+        "flags": flags,
         "sequence": sequence,
         "timestamp_us": timestamp_us,
         "channels": len(values),
@@ -137,26 +139,27 @@ def build_cases() -> list:
         _float_case("float32_64ch_zero_bytes", "max channels; 0x00 bytes all over the payload", 7, 2**20, zeros)
     )
 
-    # 64 channels, payload without any zero byte after the encoding byte: one run of 271
+    # 64 channels, the RESTARTED flag and no zero byte after the encoding byte: one run of 272
     # non-zero bytes, crossing COBS's 254-byte block boundary, the longest frame there is
     long_run = _crc_without_zero_bytes(
-        0x1111, 0x0102030405060708, [0x3F8CCCCD + 0x01010101 * (i % 7) for i in range(64)], 63
+        0x1111, 0x0102030405060708, [0x3F8CCCCD + 0x01010101 * (i % 7) for i in range(64)], 63, RESTARTED
     )
     cases.append(
         _float_case(
             "float32_64ch_longest",
-            "max channels, no zero byte after the encoding byte: a 271-byte non-zero run (COBS block "
-            "boundary) and the longest possible frame (ELF_MAX_FRAME_BYTES)",
+            "max channels, flags RESTARTED, no zero byte after the encoding byte: a 272-byte non-zero run "
+            "(COBS block boundary) and the longest possible frame (ELF_MAX_FRAME_BYTES)",
             0x1111,
             0x0102030405060708,
             long_run,
+            RESTARTED,
         )
     )
 
-    # payload: 0x00 at byte 1 (encoding), then exactly 254 non-zero bytes, then 0x00:
-    # a full block followed by a zero (cobs writes FF <254 bytes> 01 ...)
+    # payload: 0x00 at bytes 1 and 2 (encoding, flags), then exactly 254 non-zero bytes
+    # (3..256), then 0x00 at 257: a full block followed by a zero (cobs writes FF <254 bytes> 01 ...)
     exact = [0x3F8CCCCD] * 64
-    exact[60] = 0x00123456  # byte 13 + 4*60 + 3 = 256 is 0x00; bytes 2..255 are non-zero
+    exact[60] = 0x00123456  # byte 14 + 4*60 + 3 = 257 is 0x00; bytes 3..256 are non-zero
     cases.append(
         _float_case(
             "float32_254_run_then_zero",
@@ -170,7 +173,7 @@ def build_cases() -> list:
     # payload ending in exactly 254 non-zero bytes (the CRC included): a final full block,
     # which COBS ends without an extra empty block
     tail = [0x3F8CCCCD] * 64
-    tail[1] = 0x3F8C00CD  # payload byte 13 + 4 + 1 = 18 is 0x00; 273 - 19 = 254 bytes follow
+    tail[1] = 0x3F8C00CD  # payload byte 14 + 4 + 1 = 19 is 0x00; 274 - 20 = 254 bytes follow
     tail = _crc_without_zero_bytes(0x3333, 0x2122232425262728, tail, 63)
     cases.append(
         _float_case(
@@ -183,7 +186,7 @@ def build_cases() -> list:
     )
 
     tail255 = [0x3F8CCCCD] * 64
-    tail255[1] = 0x3F00CCCD  # byte 17 is 0x00; 255 non-zero bytes follow
+    tail255[1] = 0x3F8CCC00  # byte 14 + 4 + 0 = 18 is 0x00; 274 - 19 = 255 non-zero bytes follow
     tail255 = _crc_without_zero_bytes(0x4444, 0x3132333435363738, tail255, 63)
     cases.append(
         _float_case(
@@ -214,6 +217,10 @@ def build_cases() -> list:
     )
 
     cases.append(_float_case("float32_seq0", "sequence 0 (after the wrap)", 0, 2**32, [bits_of(0.25), bits_of(-0.25)]))
+    cases.append(_float_case("float32_restarted", "the first frame after a device start: flags RESTARTED, sequence 0",
+                             0, 10_000, [bits_of(21.5), bits_of(0.5)], RESTARTED))
+    cases.append(_int16_case("int16_restarted", "int16, the first frame after a device start", 0, 10_000,
+                             [1.0, -2.0], 0.001, RESTARTED))
     cases.append(
         _float_case("float32_seq65535", "sequence 65535 (last before the wrap)", 65535, 2**32 + 1, [bits_of(1.5)])
     )

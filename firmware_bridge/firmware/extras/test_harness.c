@@ -10,9 +10,9 @@
  * change a value (-0.0, NaN payloads and subnormals survive). Integers are decimal. A
  * capacity of '-' means the full 1024-byte buffer.
  *
- *   F <cap> <sequence> <timestamp_us> <n> <bits1> ... <bitsn>
+ *   F <cap> <flags> <sequence> <timestamp_us> <n> <bits1> ... <bitsn>
  *         elf_encode_float32 -> "<length> <frame hex>"
- *   I <cap> <sequence> <timestamp_us> <n> <scale bits> <raw1> ... <rawn>
+ *   I <cap> <flags> <sequence> <timestamp_us> <n> <scale bits> <raw1> ... <rawn>
  *         elf_encode_int16   -> "<length> <frame hex>"
  *   C <cap> <input hex, or '-' for empty>
  *         elf_cobs_encode    -> "<length> <encoded hex>"
@@ -180,9 +180,10 @@ static void frame_command(char kind, char *cursor)
     static float values[MAX_VALUES];
     static int16_t raw[MAX_VALUES];
     size_t capacity, length, i;
-    unsigned long long sequence, timestamp, n;
+    unsigned long long flags, sequence, timestamp, n;
     float scale = 0.0f;
-    if (!parse_capacity(next_token(&cursor), &capacity) || !parse_u64(next_token(&cursor), 10, 0xFFFFull, &sequence) ||
+    if (!parse_capacity(next_token(&cursor), &capacity) || !parse_u64(next_token(&cursor), 10, 0xFFull, &flags) ||
+        !parse_u64(next_token(&cursor), 10, 0xFFFFull, &sequence) ||
         !parse_u64(next_token(&cursor), 10, 0xFFFFFFFFFFFFFFFFull, &timestamp) ||
         !parse_u64(next_token(&cursor), 10, 255ull, &n)) {
         puts("ERROR header");
@@ -205,9 +206,9 @@ static void frame_command(char kind, char *cursor)
     }
     memset(buffer, GUARD, sizeof buffer);
     if (kind == 'F') {
-        length = elf_encode_float32(buffer, capacity, (uint16_t)sequence, (uint64_t)timestamp, values, (uint8_t)n);
+        length = elf_encode_float32(buffer, capacity, (uint8_t)flags, (uint16_t)sequence, (uint64_t)timestamp, values, (uint8_t)n);
     } else {
-        length = elf_encode_int16(buffer, capacity, (uint16_t)sequence, (uint64_t)timestamp, raw, (uint8_t)n, scale);
+        length = elf_encode_int16(buffer, capacity, (uint8_t)flags, (uint16_t)sequence, (uint64_t)timestamp, raw, (uint8_t)n, scale);
     }
     print_result(length, capacity);
 }

@@ -1,10 +1,10 @@
 /*
- * edgelstm_frame.c - MCU-side encoder of the edgelstm "frame" serial protocol, version 1.
+ * edgelstm_frame.c - MCU-side encoder of the edgelstm "frame" serial protocol, version 2.
  * See edgelstm_frame.h for the wire format and the API.
  *
  * A frame is built in one pass straight into the caller's buffer: every payload byte is
  * fed to the running CRC and to a streaming COBS encoder at the same time, so no second
- * payload buffer (up to 273 bytes, a lot on a 2 KiB AVR) is needed.
+ * payload buffer (up to 274 bytes, a lot on a 2 KiB AVR) is needed.
  */
 #include "edgelstm_frame.h"
 
@@ -158,8 +158,8 @@ static uint32_t elf_float_bits(float f)
     return bits;
 }
 
-static void elf_frame_begin(elf_writer *w, uint8_t *out, size_t capacity, uint8_t encoding, uint16_t sequence,
-                            uint64_t timestamp_us, uint8_t channels)
+static void elf_frame_begin(elf_writer *w, uint8_t *out, size_t capacity, uint8_t encoding, uint8_t flags,
+                            uint16_t sequence, uint64_t timestamp_us, uint8_t channels)
 {
     w->out = out;
     w->capacity = capacity;
@@ -173,6 +173,7 @@ static void elf_frame_begin(elf_writer *w, uint8_t *out, size_t capacity, uint8_
     elf_cobs_begin(w);
     elf_put_payload(w, (uint8_t)ELF_VERSION);
     elf_put_payload(w, encoding);
+    elf_put_payload(w, flags);
     elf_put_u16(w, sequence);
     elf_put_u64(w, timestamp_us);
     elf_put_payload(w, channels);
@@ -213,7 +214,7 @@ size_t elf_cobs_encode(uint8_t *out, size_t out_capacity, const uint8_t *in, siz
     return w.overflow ? 0u : w.pos;
 }
 
-size_t elf_encode_float32(uint8_t *out, size_t out_capacity, uint16_t sequence, uint64_t timestamp_us,
+size_t elf_encode_float32(uint8_t *out, size_t out_capacity, uint8_t flags, uint16_t sequence, uint64_t timestamp_us,
                           const float *values, uint8_t channels)
 {
     elf_writer w;
@@ -222,14 +223,14 @@ size_t elf_encode_float32(uint8_t *out, size_t out_capacity, uint16_t sequence, 
         out_capacity < ELF_FRAME_BYTES_FLOAT32(channels)) {
         return 0u;
     }
-    elf_frame_begin(&w, out, out_capacity, (uint8_t)ELF_ENCODING_FLOAT32, sequence, timestamp_us, channels);
+    elf_frame_begin(&w, out, out_capacity, (uint8_t)ELF_ENCODING_FLOAT32, flags, sequence, timestamp_us, channels);
     for (i = 0u; i < channels; ++i) {
         elf_put_u32(&w, elf_float_bits(values[i]));
     }
     return elf_frame_end(&w);
 }
 
-size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint16_t sequence, uint64_t timestamp_us,
+size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint8_t flags, uint16_t sequence, uint64_t timestamp_us,
                         const int16_t *raw, uint8_t channels, float scale)
 {
     elf_writer w;
@@ -238,7 +239,7 @@ size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint16_t sequence, ui
         out_capacity < ELF_FRAME_BYTES_INT16(channels)) {
         return 0u;
     }
-    elf_frame_begin(&w, out, out_capacity, (uint8_t)ELF_ENCODING_INT16, sequence, timestamp_us, channels);
+    elf_frame_begin(&w, out, out_capacity, (uint8_t)ELF_ENCODING_INT16, flags, sequence, timestamp_us, channels);
     elf_put_u32(&w, elf_float_bits(scale));
     for (i = 0u; i < channels; ++i) {
         /* int16 -> uint16 is defined (modulo 2^16): the two's complement bit pattern */

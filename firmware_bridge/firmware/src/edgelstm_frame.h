@@ -1,5 +1,5 @@
 /*
- * edgelstm_frame.h - MCU-side encoder of the edgelstm "frame" serial protocol, version 1.
+ * edgelstm_frame.h - MCU-side encoder of the edgelstm "frame" serial protocol, version 2.
  *
  * The receiving side is firmware_bridge/protocol.py (FrameDecoder); this file must stay
  * byte-for-byte compatible with its encode_frame(). firmware_bridge/firmware/extras/test_vectors.json
@@ -12,14 +12,24 @@
  * payload, every multi-byte field little-endian:
  *
  *     offset  size  field
- *     0       1     version        1
+ *     0       1     version        2
  *     1       1     encoding       0 = float32 values, 1 = int16 values times one float32 scale
- *     2       2     sequence       +1 per frame, wraps 65535 -> 0 (the receiver counts gaps)
- *     4       8     timestamp_us   device clock in microseconds
- *     12      1     channels       N, 1..64
- *     13      4     scale          float32, only when encoding == 1
+ *     2       1     flags          bit 0 ELF_FLAG_RESTARTED: set on the first frame after the
+ *                                  device started (or restarted), 0 on every other frame
+ *     3       2     sequence       0 on that first frame, +1 per frame, wraps 65535 -> 0
+ *                                  (the receiver counts gaps)
+ *     5       8     timestamp_us   device clock in microseconds since start, never decreasing
+ *                                  while the device runs (extend micros() to 64 bits)
+ *     13      1     channels       N, 1..64
+ *     14      4     scale          float32, only when encoding == 1
  *     ...     N*4   values         float32 (encoding 0), or
  *             N*2                  int16   (encoding 1); physical value = raw * scale
+ *
+ * Why a restart flag and a clock that only goes forward: the receiver must tell a device that
+ * restarted (its sequence starts again at 0) from frames repeated or lost. Version 1 guessed
+ * from the sequence alone, and lost the new run's frames when a device restarted soon after a
+ * previous start, or counted thousands of phantom losses. With the flag, a restart is said;
+ * if the flagged frame itself is lost, the clock going backwards still says it.
  *
  * crc32 is CRC-32/ISO-HDLC, the one zlib/PNG/Ethernet use (reflected polynomial 0xEDB88320,
  * init 0xFFFFFFFF, xorout 0xFFFFFFFF), appended little-endian: it catches the bit errors
@@ -51,13 +61,14 @@
 extern "C" {
 #endif
 
-#define ELF_VERSION 1u
+#define ELF_VERSION 2u
+#define ELF_FLAG_RESTARTED 0x01u
 #define ELF_ENCODING_FLOAT32 0u
 #define ELF_ENCODING_INT16 1u
 #define ELF_MAX_CHANNELS 64u
 
-/* version, encoding, sequence, timestamp_us, channels */
-#define ELF_HEADER_BYTES 13u
+/* version, encoding, flags, sequence, timestamp_us, channels */
+#define ELF_HEADER_BYTES 14u
 #define ELF_CRC_BYTES 4u
 
 /* Payload + CRC (the bytes before COBS) of a frame with n channels. */
@@ -77,8 +88,8 @@ extern "C" {
 #define ELF_FRAME_BYTES_INT16(n) (ELF_COBS_MAX_ENCODED(ELF_RAW_BYTES_INT16(n)) + 2u)
 
 /*
- * Largest frame of the protocol: 64 float32 channels. 273 raw bytes, COBS adds 2 (one code
- * byte plus one for the 254-byte block boundary), plus 2 delimiters = 277 bytes. Tight: a
+ * Largest frame of the protocol: 64 float32 channels. 274 raw bytes, COBS adds 2 (one code
+ * byte plus one for the 254-byte block boundary), plus 2 delimiters = 278 bytes. Tight: a
  * frame whose values, sequence, timestamp and CRC contain no zero byte is exactly this long
  * (tests/test_firmware.py checks that against Python's encode_frame). A buffer of this size
  * holds any frame; size it with ELF_FRAME_BYTES_FLOAT32(n) if you always send n channels.
@@ -108,6 +119,7 @@ size_t elf_cobs_encode(uint8_t *out, size_t out_capacity, const uint8_t *in, siz
 /*
  * Writes one complete wire frame (leading 0x00, COBS(payload || crc), trailing 0x00) of
  * channels float32 values into out and returns its length, ready for Serial.write(out, n).
+ * flags is ELF_FLAG_RESTARTED on the first frame after the device started, else 0.
  * Returns 0, writing nothing useful, if channels is 0 or > 64, out or values is NULL, or
  * out_capacity < ELF_FRAME_BYTES_FLOAT32(channels).
  *
@@ -118,17 +130,17 @@ size_t elf_cobs_encode(uint8_t *out, size_t out_capacity, const uint8_t *in, siz
  *
  * NaN, infinities, -0.0 and subnormals are sent bit-for-bit.
  */
-size_t elf_encode_float32(uint8_t *out, size_t out_capacity, uint16_t sequence, uint64_t timestamp_us,
+size_t elf_encode_float32(uint8_t *out, size_t out_capacity, uint8_t flags, uint16_t sequence, uint64_t timestamp_us,
                           const float *values, uint8_t channels);
 
 /*
  * Same for int16 values: physical value = raw[i] * scale (the receiver multiplies in
- * float32). Halves the size of the values compared with float32, e.g. 64 channels take 152
- * bytes instead of 277. Use elf_quantize_int16() to get raw from physical values. Returns
+ * float32). Halves the size of the values compared with float32, e.g. 64 channels take 153
+ * bytes instead of 278. Use elf_quantize_int16() to get raw from physical values. Returns
  * 0 if channels is 0 or > 64, out or raw is NULL, or out_capacity <
  * ELF_FRAME_BYTES_INT16(channels).
  */
-size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint16_t sequence, uint64_t timestamp_us,
+size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint8_t flags, uint16_t sequence, uint64_t timestamp_us,
                         const int16_t *raw, uint8_t channels, float scale);
 
 /*

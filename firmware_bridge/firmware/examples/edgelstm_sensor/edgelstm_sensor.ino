@@ -93,6 +93,7 @@ static float values[sizeof(CHANNELS) / sizeof(CHANNELS[0])];
 static int16_t raw_values[sizeof(CHANNELS) / sizeof(CHANNELS[0])];
 #endif
 static uint16_t sequence = 0;  // +1 per frame sent, wraps 65535 -> 0 (the Pi expects that)
+static uint8_t frame_flags = ELF_FLAG_RESTARTED;  // on the first frame after reset: the Pi counts a restart
 static uint64_t next_due_us;   // deadline of the next sample on the 64-bit clock
 static uint32_t missed_slots;  // sample slots skipped because the loop fell behind
 
@@ -129,11 +130,11 @@ static void sampleAndSend(uint64_t timestamp_us)
         raw_values[i] = elf_quantize_int16(values[i], INT16_SCALE); // rounds and saturates like Python
     }
     const size_t length =
-        elf_encode_int16(frame_buffer, sizeof frame_buffer, sequence, timestamp_us, raw_values, NUM_CHANNELS, INT16_SCALE);
+        elf_encode_int16(frame_buffer, sizeof frame_buffer, frame_flags, sequence, timestamp_us, raw_values, NUM_CHANNELS, INT16_SCALE);
 #else
     (void)INT16_SCALE;
     const size_t length =
-        elf_encode_float32(frame_buffer, sizeof frame_buffer, sequence, timestamp_us, values, NUM_CHANNELS);
+        elf_encode_float32(frame_buffer, sizeof frame_buffer, frame_flags, sequence, timestamp_us, values, NUM_CHANNELS);
 #endif
 
     // length is 0 only if the buffer were too small or NUM_CHANNELS out of range, which
@@ -141,6 +142,7 @@ static void sampleAndSend(uint64_t timestamp_us)
     if (length > 0) {
         Serial.write(frame_buffer, length); // one complete frame: 0x00 ... 0x00
         ++sequence;                         // uint16_t: wraps 65535 -> 0 by itself
+        frame_flags = 0;                    // only the first frame since reset is flagged
     }
 }
 
