@@ -27,6 +27,11 @@ class BundleError(EdgeLSTMError):
     """A bundle is incomplete, of another schema version, or a file in it was changed."""
 
 
+class ModelFileError(BundleError):
+    """A model file of a bundle that an interpreter refuses, or that is not the model its
+    manifest describes (input width, outputs, state); ``load(backend="auto")`` tries the next backend."""
+
+
 class TargetError(EdgeLSTMError):
     """An unknown target profile, or a profile file with a bad field."""
 

@@ -24,6 +24,9 @@ def add_commands(sub) -> None:
     p.add_argument("--sync-every", type=int, default=100, help="CSV sink: flush and fsync every N lines")
     p.add_argument("--mqtt-ca", help="CA file for mqtts://")
     p.add_argument("--metrics-address", default="127.0.0.1", help="address the Prometheus endpoint binds (default 127.0.0.1)")
+    p.add_argument("--healthz-detail", choices=("full", "anonymous", "status"), default="full",
+                   help="what GET /healthz shows: full (default), anonymous (without the bundle id, model file and hash) "
+                        "or status (only the status)")
     p.add_argument("--alarm", action="append", default=[], help="alarm rule, e.g. 'y0<30:35' (alarm below 30, clear above 35)")
     p.add_argument("--device", default=None, help="device name in events and topics (default: the port's name)")
     p.add_argument("--backend", default="auto", help="auto (default), litert, tflite_runtime, tensorflow, onnxruntime or numpy")
@@ -43,6 +46,9 @@ def add_commands(sub) -> None:
     s.add_argument("--protocol", choices=("frame", "csv"), default="frame", help="what to send: binary frames (default) or CSV lines")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="make a pseudo-terminal and print the path to open")
+    s.add_argument("--wait-reader", type=float, default=30.0, metavar="SECONDS",
+                   help="with --pty: wait up to SECONDS for a reader (the bridge) to open the path before playing, "
+                        "so it gets the whole engine (0: do not wait; default 30)")
     where.add_argument("--port", help="write to this serial device or pyserial URL")
     where.add_argument("--listen", help="serve on HOST:PORT (the bridge connects with socket://HOST:PORT)")
     s.add_argument("--noise-every", type=int, default=0, help="a burst of random bytes every N readings (0: none)")
@@ -114,7 +120,7 @@ def build_sinks(args, runtime, device: str, specs=None) -> list:
         elif kind == "mqtt":
             sinks.append(MqttSink(device=device, **options))
         else:
-            sinks.append(PrometheusSink(**options))
+            sinks.append(PrometheusSink(healthz=getattr(args, "healthz_detail", "full"), **options))
     return sinks
 
 
@@ -171,6 +177,9 @@ def run_simulate(args) -> int:
     if args.pty:
         with PtyLink() as link:
             print(link.path, flush=True)
+            if args.wait_reader > 0 and not link.wait_for_reader(args.wait_reader):
+                print(f"edgelstm simulate: no reader opened {link.path} within {args.wait_reader:g} s; playing anyway "
+                      "(what nobody reads is lost)", file=sys.stderr, flush=True)
             truth = simulator.play(link.write, link.unplug, link.replug, stop=stop)
             stop.wait(0.5)  # let the reader drain before the pty closes
     elif args.listen:

@@ -280,11 +280,15 @@ class PrometheusSink(Sink):
     the monitor's per-feature PSI, mean shift, drift / stuck flags and saturation shares.
     Counters and monitor values are read from the bridge when Prometheus scrapes (a custom
     collector), so they always equal what the bridge counted. ``/healthz``: the bridge's
-    :meth:`~firmware_bridge.bridge.Bridge.health` as JSON, HTTP 200 unless ``failing`` (503).
-    Binds 127.0.0.1 unless told otherwise.
+    :meth:`~firmware_bridge.bridge.Bridge.health` as JSON, HTTP 200 unless ``failing`` (503),
+    in as much detail as ``healthz`` says (:data:`HEALTHZ_DETAILS`). Binds 127.0.0.1 unless
+    told otherwise.
     """
 
-    def __init__(self, port: int = 9108, address: str = "127.0.0.1", registry=None):
+    def __init__(self, port: int = 9108, address: str = "127.0.0.1", registry=None, healthz: str = "full"):
+        if healthz not in HEALTHZ_DETAILS:
+            raise ValueError(f"healthz detail {healthz!r}: choose {', '.join(HEALTHZ_DETAILS)}")
+        self.healthz = healthz
         from prometheus_client import CollectorRegistry, Gauge, Histogram
 
         self.name = f"prometheus:{address}:{port}"
@@ -306,7 +310,7 @@ class PrometheusSink(Sink):
         for rule in bridge.alarms:
             self.alarm.labels(bridge.device, rule.name).set(0)
         try:
-            self._server = _serve(self.address, self.port, self.registry, bridge)
+            self._server = _serve(self.address, self.port, self.registry, bridge, self.healthz)
         except OSError as exc:
             from edgelstm.errors import EdgeLSTMError
 
@@ -328,12 +332,27 @@ class PrometheusSink(Sink):
             self._server = None
 
 
+#: What ``/healthz`` shows: ``full`` (everything, the bundle id, model file and hash included),
+#: ``anonymous`` (all but what identifies the bundle and the model: for an endpoint others can
+#: reach), ``status`` (only ``{"status": ...}``; the HTTP code says the same).
+HEALTHZ_DETAILS = ("full", "anonymous", "status")
+IDENTIFYING = ("bundle_id", "model", "model_sha256")
+
+
+def healthz_view(health: dict, detail: str) -> dict:
+    if detail == "status":
+        return {"status": health["status"]}
+    if detail == "anonymous":
+        return {k: v for k, v in health.items() if k not in IDENTIFYING}
+    return health
+
+
 #: The metrics endpoint serves this many connections at once and drops a connection idle this long.
 METRICS_CONNECTIONS = 16
 METRICS_IDLE_SECONDS = 5.0
 
 
-def _serve(address: str, port: int, registry, bridge):
+def _serve(address: str, port: int, registry, bridge, healthz: str = "full"):
     """One small HTTP server for ``/metrics`` (Prometheus text format) and ``/healthz`` (JSON)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -345,7 +364,7 @@ def _serve(address: str, port: int, registry, bridge):
                 body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):
                 health = bridge.health()
-                body = json.dumps(health).encode()
+                body = json.dumps(healthz_view(health, healthz)).encode()
                 status, kind = (503 if health["status"] == "failing" else 200), "application/json"
             else:
                 body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain"

@@ -64,6 +64,31 @@ class PtyLink:
         os.symlink(os.ttyname(self.slave), temporary)
         os.replace(temporary, self.path)
 
+    def wait_for_reader(self, timeout: float) -> bool:
+        """Wait until another process opens :attr:`path` (the bridge), up to ``timeout`` seconds.
+
+        Linux reports POLLHUP on a pty master while no slave is open; this object's own slave
+        is closed for the wait and opened again after it (so bytes written during a later
+        unplug/replug gap stay buffered). True when a reader came."""
+        import select
+        import time
+
+        os.close(self.slave)
+        self.slave = None
+        poller = select.poll()
+        poller.register(self.master, select.POLLHUP)
+        deadline = time.monotonic() + timeout
+        came = False
+        while True:
+            if not any(event & select.POLLHUP for _, event in poller.poll(0)):
+                came = True
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        self.slave = os.open(os.readlink(self.path), os.O_RDWR | os.O_NOCTTY)
+        return came
+
     def unplug(self) -> None:
         """Close both ends: reads on the bridge side fail like a USB device removed."""
         self.close()

@@ -187,8 +187,9 @@ site_name() { echo "$CACHE/site-aarch64-cp${PYVER/./}-$(echo "$*" | tr -c 'A-Za-
 
 SITE=""
 ATTEMPTS=()
-[ -n "$X86_LITERT" ] && ATTEMPTS+=("numpy==$X86_NUMPY ai-edge-litert==$X86_LITERT")
-ATTEMPTS+=("numpy ai-edge-litert" "numpy<2 tflite-runtime==2.14.0")
+# jsonschema: the runtime validates every manifest against its schema (edgelstm/runtime/bundle.py)
+[ -n "$X86_LITERT" ] && ATTEMPTS+=("numpy==$X86_NUMPY ai-edge-litert==$X86_LITERT jsonschema")
+ATTEMPTS+=("numpy ai-edge-litert jsonschema" "numpy<2 tflite-runtime==2.14.0 jsonschema")
 for reqs in "${ATTEMPTS[@]}"; do
     # shellcheck disable=SC2086  # word splitting of the requirement list is intended
     dir=$(site_name $reqs)

@@ -57,7 +57,7 @@ def main() -> int:
         python = where / "bin" / "python"
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         if args.tflite_runtime:
-            install = subprocess.run(pip + ["tflite-runtime==2.14.0", "numpy<2"], capture_output=True, text=True)
+            install = subprocess.run(pip + ["tflite-runtime==2.14.0", "numpy<2", "jsonschema>=4.17"], capture_output=True, text=True)
             if install.returncode == 0:
                 install = subprocess.run(pip + ["--no-deps", str(ROOT)], capture_output=True, text=True)
         else:

@@ -276,3 +276,35 @@ def _load_recipe(path: Path) -> CalibrationSet:
     loaded.normalization = recipe.get("normalization")
     loaded.source = f"{path.name} ({data_path.name})"
     return loaded
+
+
+#: Below these, calibration ranges and the report's figures rest on too little data to trust:
+#: int8 ranges come from a handful of trajectories, and an error measured on a few hundred
+#: steps can be off by a factor of two. Conversion goes on, with a warning in the report.
+MIN_CALIBRATION_SEQUENCES = 8
+MIN_CALIBRATION_STEPS = 1000
+MIN_HELD_OUT_SEQUENCES = 4
+MIN_HELD_OUT_STEPS = 500
+
+
+def too_little(calibration: "CalibrationSet", calibration_part: "CalibrationSet", held_out: "CalibrationSet") -> list:
+    """Warnings (strings) when the calibration part or the held-out part is too small."""
+    warnings = []
+    steps = sum(len(s) for s in calibration_part.sequences)
+    count = len(calibration_part.sequences)
+    if count < MIN_CALIBRATION_SEQUENCES or steps < MIN_CALIBRATION_STEPS:
+        why = ""
+        if len(calibration.sequences) == 1:
+            only = calibration.sequences[0]
+            why = (f"; {calibration.source} holds one array of shape {tuple(only.shape)}, read as ONE sequence of "
+                   f"{len(only)} steps (a 2-D array is (steps, features)); several sequences are a 3-D "
+                   "(sequences, steps, features) array, an .npz of one array per sequence, or a CSV with a group column")
+        warnings.append(f"WARNING: calibration is {count} sequence(s), {steps} steps (fewer than "
+                        f"{MIN_CALIBRATION_SEQUENCES} sequences or {MIN_CALIBRATION_STEPS} steps): the int8 ranges may "
+                        f"not cover what the device will see{why}")
+    held_steps = sum(len(s) for s in held_out.sequences)
+    if len(held_out.sequences) < MIN_HELD_OUT_SEQUENCES or held_steps < MIN_HELD_OUT_STEPS:
+        warnings.append(f"WARNING: the report is measured on {len(held_out.sequences)} held-out sequence(s), "
+                        f"{held_steps} steps (fewer than {MIN_HELD_OUT_SEQUENCES} or {MIN_HELD_OUT_STEPS}): its errors "
+                        "are rough; give more data or --eval HELDOUT")
+    return warnings

@@ -28,7 +28,7 @@ from edgelstm import __version__
 from . import edgetpu, fidelity
 from edgelstm.runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, write_json_atomic
 from .recording import record
-from .calibration_data import load_calibration
+from .calibration_data import load_calibration, too_little
 from edgelstm.errors import CalibrationError, ConversionError
 from .export.state_plan import ResidualCellPlan, StatePlan, plan_states
 from .drift_reference import reference_statistics
@@ -249,6 +249,8 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
             except ValueError as exc:
                 raise CalibrationError(f"held-out data: {exc}") from None
     report["verdict"] = fidelity.verdict(report)
+    report["data_warnings"] = too_little(calibration, calibration_part, held_out)
+    report["verdict"]["warnings"] = report["data_warnings"] + report["verdict"]["warnings"]
     if not window_model and options.attribution_sequences:
         report["attribution"] = _attribution(network, models, out, held_out.sequences, normalization, report, options)
     report["skipped"] = skipped

@@ -198,15 +198,22 @@ def plot(result: dict, path) -> bool:
     low = min(float(np.percentile(r["_samples_us"], 0.1)) for r in rows)
     high = max(float(np.percentile(r["_samples_us"], 99.9)) for r in rows)
     bins = np.geomspace(max(low * 0.8, 0.1), high * 1.2, 80)
-    figure, axis = plt.subplots(figsize=(9, 5))
+    figure, axis = plt.subplots(figsize=(10, 5.5))
+    # one colour per backend and model (a step() row and its bare invoke share it, dashed):
+    # tab20 keeps up to 20 series apart (`profile --backend all` draws 13)
+    colours = plt.get_cmap("tab20").colors
+    keys = list(dict.fromkeys((r["backend"], r.get("quant")) for r in rows))
     for row in rows:
-        axis.hist(row["_samples_us"], bins=bins, histtype="step", linewidth=1.5,
+        colour = colours[keys.index((row["backend"], row.get("quant"))) * 2 % len(colours) if len(keys) <= 10
+                         else keys.index((row["backend"], row.get("quant"))) % len(colours)]
+        axis.hist(row["_samples_us"], bins=bins, histtype="step", linewidth=1.5, color=colour,
                   label=f"{row['label']} (p50 {row['p50_us']:.1f} us)", linestyle="--" if row["kind"] == "bare" else "-")
     axis.set_xscale("log")
     axis.set_xlabel("latency per step (us)")
     axis.set_ylabel("steps")
-    axis.set_title(f"{result['streams']} stream(s), {result['threads']} thread(s), {result['cpu']}")
-    axis.legend(fontsize=8)
+    axis.set_title(f"Latency per step by backend and model: {result['streams']} stream(s), {result['threads']} thread(s), "
+                   f"{result['cpu']}", fontsize=10)
+    axis.legend(fontsize=7, ncol=2 if len(rows) > 8 else 1)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle
-from edgelstm.errors import BackendUnavailableError, BundleError, InputError
+from edgelstm.errors import BackendUnavailableError, BundleError, InputError, ModelFileError
 from .interpreters import available_backends, tflite_interpreter_module
 
 from math import isfinite as _isfinite
@@ -110,10 +110,19 @@ def load(bundle, backend: str = "auto", threads: int = 1, streams: int = 1, mode
             continue
         try:
             stepper = _open_stepper(opened, name, entry, threads, streams, delegate)
+            _check_against_manifest(opened, entry, stepper)
         except ImportError as exc:
             if backend != "auto":
                 raise BackendUnavailableError(f"backend '{name}' is not installed here ({exc})") from None
             errors.append(f"{name}: {exc}")
+            continue
+        except ModelFileError as exc:  # this backend's model file is refused: say so, try the next one
+            if backend != "auto":
+                raise
+            errors.append(str(exc))
+            import warnings
+
+            warnings.warn(f"{exc}; trying the next backend", RuntimeWarning, stacklevel=2)
             continue
         runtime = StreamRuntime(opened, name, entry, stepper, streams, on_bad_input, window or manifest.get("window"),
                                 max_deviation)
@@ -216,7 +225,12 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyStepper(network, batch=streams)
     if backend == "onnxruntime":
-        return OnnxStepper(bundle.file(entry), threads=threads, batch=streams)
+        try:
+            return OnnxStepper(bundle.file(entry), threads=threads, batch=streams)
+        except (ImportError, BundleError):
+            raise
+        except Exception as exc:
+            raise _refused(bundle.file(entry), backend, exc) from None
     _, module = tflite_interpreter_module(backend)
     delegates = None
     path = bundle.file(entry)
@@ -245,11 +259,47 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
                 f"nothing of {entry['file']} (all on the CPU); `edgelstm inspect {bundle.path} --target coral-usb` "
                 "prints how to compile and add it", stacklevel=3,
             )
-    if window_model:
-        from .window_models import TFLiteWindowModel
+    try:
+        if window_model:
+            from .window_models import TFLiteWindowModel
 
-        return TFLiteWindowModel(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
-    return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
+            return TFLiteWindowModel(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
+        return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
+    except (ImportError, BundleError):
+        raise
+    except Exception as exc:  # the interpreter's own refusal of a damaged or foreign file
+        raise _refused(path, backend, exc) from None
+
+
+def _check_against_manifest(bundle: Bundle, entry: dict, stepper) -> None:
+    """The opened model must be the one the manifest describes: its input width, its output
+    size (step models) and its state tensors, or it is refused naming the field."""
+    manifest = bundle.manifest
+    where = f"{bundle.path}: {entry['file']}"
+    n_features = getattr(stepper, "n_features", None)
+    token = manifest["input"].get("kind") == "token"
+    if n_features is not None and not token and int(n_features) != manifest["input"]["n_features"]:
+        raise ModelFileError(f"{where}: the model takes {n_features} features, the manifest says "
+                             f"{manifest['input']['n_features']} (field input.n_features)")
+    step_model = manifest["network"].get("mode") == "step" and manifest["outputs"][0].get("mode") != "reconstruction_error"
+    output_size = getattr(stepper, "output_size", None)
+    if step_model and output_size is not None and int(output_size) != manifest["network"]["output_size"]:
+        raise ModelFileError(f"{where}: the model has {output_size} outputs, the manifest says "
+                             f"{manifest['network']['output_size']} (field network.output_size)")
+    if entry.get("format") == "numpy":  # the reference keeps its own float state layout
+        return
+    sizes = {s["name"]: s["size"] for s in manifest["state"]}
+    for name, array in zip(getattr(stepper, "state_names", []), getattr(stepper, "state", [])):
+        if name not in sizes:
+            raise ModelFileError(f"{where}: state tensor {name!r} is not in the manifest (field state)")
+        if int(array.shape[-1]) != sizes[name]:
+            raise ModelFileError(f"{where}: state tensor {name!r} has {array.shape[-1]} values, the manifest says "
+                                 f"{sizes[name]} (field state[].size)")
+
+
+def _refused(path, engine: str, exc: BaseException) -> ModelFileError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelFileError(f"{path}: {engine} refuses this model file ({first[:300]})")
 
 
 def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, streams: int):
@@ -261,7 +311,12 @@ def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, 
 
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyWindowModel(network, batch=streams)
-    return OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams)
+    try:
+        return OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams)
+    except (ImportError, BundleError):
+        raise
+    except Exception as exc:
+        raise _refused(bundle.file(entry), backend, exc) from None
 
 
 class StreamRuntime:

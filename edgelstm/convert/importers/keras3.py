@@ -18,6 +18,7 @@ import numpy as np
 from edgelstm.errors import ModelFormatError
 from edgelstm.model.network import Network
 from .keras_layers import KerasLayer, build_network, layers_from_model_config
+from .limits import read_config, read_dataset, read_member
 
 
 def load_keras3_archive(path: Path, window: int | None = None) -> Network:
@@ -27,17 +28,21 @@ def load_keras3_archive(path: Path, window: int | None = None) -> Network:
             members = set(archive.namelist())
             if "config.json" not in members:
                 raise ModelFormatError(f"{name}: zip archive without config.json; not a Keras 3 model archive")
-            config = json.loads(archive.read("config.json"))
-            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in members else {}
+            config = json.loads(read_config(archive, "config.json", name))
+            metadata = json.loads(read_config(archive, "metadata.json", name)) if "metadata.json" in members else {}
             if "model.weights.h5" not in members:
                 raise ModelFormatError(f"{name}: archive has no model.weights.h5 (weights missing)")
-            weights_bytes = archive.read("model.weights.h5")
+            weights_bytes = read_member(archive, "model.weights.h5", name)
     except zipfile.BadZipFile as exc:
         raise ModelFormatError(f"{name}: damaged zip archive ({exc}); the file may be truncated") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{name}: config.json is not valid JSON ({exc})") from None
-    except (OSError, EOFError, zipfile.LargeZipFile) as exc:
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as exc:
         raise ModelFormatError(f"{name}: cannot read archive ({exc})") from None
+    except RecursionError:
+        raise ModelFormatError(f"{name}: config.json is nested too deeply to be a model") from None
+    if not isinstance(config, dict) or not isinstance(metadata, dict):
+        raise ModelFormatError(f"{name}: config.json and metadata.json must hold JSON objects")
 
     version = str(metadata.get("keras_version", "3"))
     chain, declared = layers_from_model_config(config, keras_major=3, source_name=name)
@@ -56,8 +61,8 @@ def load_keras3_archive(path: Path, window: int | None = None) -> Network:
             if group is None:
                 raise ModelFormatError(f"{name}: {layer.where()}: no weights stored for this layer")
             try:
-                return [np.asarray(array) for array in _variables(group)]
-            except OSError as exc:
+                return [np.asarray(array) for array in _variables(group, name, layer.where())]
+            except (OSError, KeyError, ValueError, TypeError) as exc:
                 raise ModelFormatError(f"{name}: {layer.where()}: weights unreadable ({exc})") from None
 
         network = build_network(
@@ -83,14 +88,15 @@ def _groups_by_layer_name(weights_file) -> dict:
     return groups
 
 
-def _variables(group) -> list:
-    """The layer's arrays in Keras order: its own ``vars/0..n``, then each sub-object's."""
+def _variables(group, source: str = "", where: str = "") -> list:
+    """The layer's arrays in Keras order: its own ``vars/0..n``, then each sub-object's (each
+    array's declared size checked before it is read)."""
     arrays = []
     own = group.get("vars")
     if own is not None:
-        arrays += [own[key][()] for key in sorted(own, key=int)]
+        arrays += [read_dataset(own[key], source, f"{where}: weight {key}") for key in sorted(own, key=int)]
     # a Bidirectional holds forward_layer and backward_layer: forward first, as Keras lists them
     for key in sorted(group, key=lambda k: (k == "backward_layer", k)):
         if key != "vars" and hasattr(group[key], "keys"):
-            arrays += _variables(group[key])
+            arrays += _variables(group[key], source, where)
     return arrays

@@ -22,6 +22,8 @@ from .keras_layers import KerasLayer, build_network, layers_from_model_config
 def load_keras2_hdf5(path: Path, window: int | None = None) -> Network:
     import h5py
 
+    from .limits import read_dataset
+
     name = Path(path).name
     try:
         handle = h5py.File(path, "r")
@@ -49,8 +51,9 @@ def load_keras2_hdf5(path: Path, window: int | None = None) -> Network:
             if group is None:
                 raise ModelFormatError(f"{name}: {layer.where()}: no weights stored for this layer")
             try:
-                return [np.asarray(group[_text(w)][()]) for w in group.attrs.get("weight_names", [])]
-            except (KeyError, OSError) as exc:
+                return [read_dataset(group[_text(w)], name, f"{layer.where()}: weight {_text(w)}")
+                        for w in group.attrs.get("weight_names", [])]
+            except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise ModelFormatError(f"{name}: {layer.where()}: weights unreadable ({exc})") from None
 
         network = build_network(

@@ -301,7 +301,10 @@ def read_model(path: Path):
     import onnx
     from onnx import external_data_helper
 
+    from .limits import check_file_size
+
     path = Path(path)
+    check_file_size(path, path.name)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, OSError, ...: all mean "not a readable ONNX file"
