@@ -23,6 +23,10 @@ def add_commands(sub) -> None:
                         "prometheus[:[HOST:]PORT] (repeatable)")
     p.add_argument("--sync-every", type=int, default=100, help="CSV sink: flush and fsync every N lines")
     p.add_argument("--mqtt-ca", help="CA file for mqtts://")
+    p.add_argument("--mqtt-spool", type=Path, metavar="FILE",
+                   help="keep MQTT messages the broker has not taken in FILE (bounded by --mqtt-queue) and send them "
+                        "first on the next connection, this run's or the next start's")
+    p.add_argument("--mqtt-queue", type=int, default=100_000, help="MQTT messages kept while the broker is away (default 100000)")
     p.add_argument("--metrics-address", default="127.0.0.1", help="address the Prometheus endpoint binds (default 127.0.0.1)")
     p.add_argument("--healthz-detail", choices=("full", "anonymous", "status"), default="full",
                    help="what GET /healthz shows: full (default), anonymous (without the bundle id, model file and hash) "
@@ -55,6 +59,8 @@ def add_commands(sub) -> None:
     s.add_argument("--drop-every", type=int, default=0, help="leave out every N-th reading (0: none)")
     s.add_argument("--flip-every", type=int, default=0, help="flip a bit in every N-th frame (0: none)")
     s.add_argument("--disconnect-every", type=int, default=0, help="unplug the link every N readings (0: never)")
+    s.add_argument("--csv-checksum", choices=("xor", "crc8"), default=None,
+                   help="csv protocol: end each line in *HH (NMEA XOR) or #HH (CRC-8/SMBUS)")
     s.add_argument("--restart-every", type=int, default=0,
                    help="restart the device every N readings: sequence and clock from 0, the RESTARTED flag (0: never)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default 0)")
@@ -118,7 +124,8 @@ def build_sinks(args, runtime, device: str, specs=None) -> list:
         elif kind == "csv":
             sinks.append(CsvFileSink(options["path"], runtime.output_size, sync_every=args.sync_every))
         elif kind == "mqtt":
-            sinks.append(MqttSink(device=device, **options))
+            sinks.append(MqttSink(device=device, spool=getattr(args, "mqtt_spool", None),
+                                  max_queued=getattr(args, "mqtt_queue", 100_000), **options))
         else:
             sinks.append(PrometheusSink(healthz=getattr(args, "healthz_detail", "full"), **options))
     return sinks
@@ -170,7 +177,8 @@ def run_simulate(args) -> int:
     from .transport import PtyLink, open_port
 
     faults = Faults(args.noise_every, args.drop_every, args.flip_every, args.disconnect_every, args.restart_every, seed=args.seed)
-    simulator = Simulator(cmapss_units(args.unit, args.split), rate=args.rate, protocol=args.protocol, faults=faults)
+    simulator = Simulator(cmapss_units(args.unit, args.split), rate=args.rate, protocol=args.protocol, faults=faults,
+                          csv_checksum=args.csv_checksum)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

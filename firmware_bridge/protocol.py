@@ -39,6 +39,11 @@ while a cable was out are counted as lost.
 **csv**: one reading per line, numbers separated by comma, tab or spaces (Edge Impulse's
 data forwarder format), optional leading timestamp, CR/LF tolerant, blank lines ignored,
 the partial first line after connecting discarded, garbage lines counted and skipped.
+A line may end in a checksum of the bytes before it: ``*HH``, NMEA 0183's (XOR of the bytes,
+two hex digits) or ``#HH``, CRC-8/SMBUS (polynomial 0x07, from the ``crc`` package). A line
+whose checksum does not match is counted (``checksum_failed``) and skipped; once a device has
+sent a checksummed line, a line without one is counted the same way (a flipped ``*`` must not
+smuggle a damaged line in). CSV lines carry no sequence number, so a lost line is not counted.
 """
 
 from __future__ import annotations
@@ -291,9 +296,45 @@ class FrameDecoder:
 _SEPARATORS = re.compile(r"[,\t ]+")
 
 
+_CHECKED = re.compile(rb"^(.*)([*#])([0-9A-Fa-f]{2})$", re.S)
+_crc8 = None
+
+
+def xor_checksum(body: bytes) -> int:
+    """NMEA 0183's checksum: the XOR of every byte."""
+    value = 0
+    for byte in body:
+        value ^= byte
+    return value
+
+
+def crc8(body: bytes) -> int:
+    """CRC-8/SMBUS (polynomial 0x07, init 0, no reflection, xorout 0) with the ``crc`` package."""
+    global _crc8
+    if _crc8 is None:
+        from crc import Calculator, Crc8
+
+        _crc8 = Calculator(Crc8.CCITT)  # the crc package's name for poly 0x07 / init 0: CRC-8/SMBUS
+    return int(_crc8.checksum(body))
+
+
+def csv_line(values, timestamp_us: int | None = None, checksum: str | None = None) -> bytes:
+    """One CSV reading line as a device sends it, with an optional ``*HH`` (``xor``) or ``#HH``
+    (``crc8``) checksum, CRLF-terminated."""
+    body = ",".join(([str(timestamp_us)] if timestamp_us is not None else []) + [repr(float(v)) for v in values]).encode()
+    if checksum == "xor":
+        body += b"*%02X" % xor_checksum(body)
+    elif checksum == "crc8":
+        body += b"#%02X" % crc8(body)
+    elif checksum is not None:
+        raise ValueError(f"checksum {checksum!r}: choose xor or crc8")
+    return body + b"\r\n"
+
+
 @dataclass
 class CsvCounters:
     good: int = 0
+    checksum_failed: int = 0  # a checksum that does not match, or missing once the device sends them
     garbage: int = 0  # lines that are not numbers
     wrong_count: int = 0  # numbers, but not the expected count
     partial: int = 0  # the first, partial line after connecting
@@ -314,6 +355,7 @@ class CsvDecoder:
     _first: bool = True
     _overflowing: bool = False
     _sequence: int = 0
+    _checksummed: bool = False  # the device sends checksums: every line must carry one
 
     def feed(self, data: bytes) -> list:
         self.counters.bytes += len(data)
@@ -350,7 +392,22 @@ class CsvDecoder:
         self._buffer += chunk
 
     def _parse(self, line: bytes):
-        text = line.strip(b"\r \t").decode("ascii", "replace")
+        line = line.strip(b"\r \t")
+        if not line:
+            return None
+        checked = _CHECKED.match(line)
+        if checked:
+            body, kind, digits = checked.groups()
+            expected = xor_checksum(body) if kind == b"*" else crc8(body)
+            self._checksummed = True  # this device sends checksums (even a failing one says so)
+            if int(digits, 16) != expected:
+                self.counters.checksum_failed += 1
+                return None
+            line = body.strip(b" \t")
+        elif self._checksummed:
+            self.counters.checksum_failed += 1  # its checksum is missing: damaged, not trusted
+            return None
+        text = line.decode("ascii", "replace")
         if not text:
             return None
         try:
@@ -380,4 +437,4 @@ class CsvDecoder:
     def readings(self) -> dict:
         """The readings' outcomes the decoder decides (the bridge's ledger adds the rest)."""
         c = self.counters
-        return {"malformed_lines": c.garbage + c.wrong_count, "partial_lines": c.partial}
+        return {"malformed_lines": c.garbage + c.wrong_count, "partial_lines": c.partial, "checksum_failed": c.checksum_failed}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .protocol import FLOAT32, RESTARTED, encode_frame
+from .protocol import FLOAT32, RESTARTED, csv_line, encode_frame
 
 
 @dataclass
@@ -57,12 +57,13 @@ class Truth:
 
 class Simulator:
     def __init__(self, sequences, rate: float = 10.0, protocol: str = "frame", faults: Faults | None = None,
-                 encoding: int = FLOAT32, scale: float = 1.0, start_time_us: int = 0):
+                 encoding: int = FLOAT32, scale: float = 1.0, start_time_us: int = 0, csv_checksum: str | None = None):
         self.sequences = [np.asarray(s, np.float32) for s in sequences]
         self.rate = rate
         self.protocol = protocol
         self.faults = faults or Faults()
         self.encoding, self.scale = encoding, scale
+        self.csv_checksum = csv_checksum  # csv lines: None, "xor" (*HH) or "crc8" (#HH)
         self.truth = Truth()
         self._rng = np.random.default_rng(self.faults.seed)
         self._clock_us = start_time_us
@@ -107,7 +108,7 @@ class Simulator:
     def _encode(self, sequence: int, values, first: bool = False) -> bytes:
         if self.protocol == "frame":
             return encode_frame(sequence, self._clock_us, values, self.encoding, self.scale, RESTARTED if first else 0)
-        return (",".join([str(self._clock_us)] + [repr(float(v)) for v in values]) + "\r\n").encode()
+        return csv_line(values, self._clock_us, self.csv_checksum)
 
     def _flip(self, frame: bytes) -> bytes:
         data = bytearray(frame)

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 from edgelstm.errors import SinkError
 
@@ -157,6 +158,11 @@ class CsvFileSink(Sink):
                     self._drop_file()
 
 
+def _count_lines(path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 class MqttSink(Sink):
     """Events published with paho-mqtt, QoS 1, one topic tree per device.
 
@@ -165,12 +171,18 @@ class MqttSink(Sink):
     them after its automatic reconnect (``max_queued`` bounds that queue; ``dropped`` counts
     what did not fit). TLS (``tls_ca``, optional client certificate) and user/password are
     options, for a fleet of Pis reporting to one broker.
+
+    With ``spool`` (a file), what the broker has not taken survives the process: while the
+    broker is away each message is appended to the spool (one JSON line, flushed; at most
+    ``max_queued`` lines, ``dropped`` counts the rest), messages still unacknowledged at
+    ``close()`` are appended too, and the spool is published first, in order, on the next
+    connection (this run's or the next start's). ``spooled`` is what is waiting there.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "edgelstm", device: str = "device",
                  qos: int = 1, username: str | None = None, password: str | None = None, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, client_id: str | None = None,
-                 max_queued: int = 100_000, keepalive: int = 30):
+                 max_queued: int = 100_000, keepalive: int = 30, spool=None):
         import paho.mqtt.client as mqtt
 
         self.host, self.port, self.tls_ca = host, port, tls_ca
@@ -194,6 +206,10 @@ class MqttSink(Sink):
                 self.connected.set()
 
         self.client.on_connect = on_connect
+        self.spool = Path(spool) if spool else None
+        self.max_queued = max_queued
+        self._spool_lock = threading.Lock()
+        self._spool_count = _count_lines(self.spool) if self.spool and self.spool.exists() else 0
         self.client.on_disconnect = lambda client, userdata, flags, reason, properties: self.connected.clear()
         self.published = 0
         self.queued_offline = 0
@@ -213,6 +229,8 @@ class MqttSink(Sink):
             if self.refused is not None:
                 raise SinkError(f"{self.name}: the broker refused the connection ({self.refused})")
             if self.connected.wait(0.05):
+                if self.spool is not None and self._spool_count:
+                    self._replay()  # what the last run could not deliver goes first
                 return
         raise SinkError(f"{self.name}: no connection within {timeout:g} s ({self._probe()})")
 
@@ -234,15 +252,27 @@ class MqttSink(Sink):
             return exc.strerror or str(exc)
 
     def undelivered(self) -> int:
-        """Dropped from a full offline queue, plus (after ``close``) what was never acknowledged."""
-        return self.dropped + self.unacknowledged
+        """Dropped from a full offline queue or spool, plus (after ``close``) what was never
+        acknowledged and not kept in the spool, plus what waits in the spool for the broker."""
+        return self.dropped + self.unacknowledged + self.spooled
+
+    @property
+    def spooled(self) -> int:
+        return self._spool_count
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/{self.device}/{kind}"
 
     def emit(self, event: dict) -> None:
         kind = {"prediction": "prediction", "alarm": "alarm", "clear": "alarm"}.get(event["event"], event["event"])
-        info = self.client.publish(self.topic(kind), json.dumps(_public(event)), qos=self.qos)
+        topic, payload = self.topic(kind), json.dumps(_public(event))
+        if self.spool is not None:
+            if self.connected.is_set() and self._spool_count:
+                self._replay()  # the spool first, in order
+            if not self.connected.is_set() or self._spool_count:
+                self._append([(topic, payload)])
+                return
+        info = self.client.publish(topic, payload, qos=self.qos)
         if info.rc == self._queue_full:  # the offline queue is full: this one is lost, and counted
             self.dropped += 1
             self.last_failure = "offline queue full"
@@ -264,11 +294,63 @@ class MqttSink(Sink):
     def _unacked(self) -> bool:
         return bool(getattr(self.client, "_out_messages", {}))
 
+    def _append(self, messages: list) -> None:
+        """Messages to the end of the spool (flushed and fsynced); what does not fit is dropped, counted."""
+        with self._spool_lock:
+            room = max(self.max_queued - self._spool_count, 0)
+            kept, lost = messages[:room], len(messages) - min(room, len(messages))
+            if kept:
+                with open(self.spool, "a", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps({"topic": t, "payload": m}) + "\n" for t, m in kept)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                self._spool_count += len(kept)
+                self.queued_offline += len(kept)
+            if lost:
+                self.dropped += lost
+                self.last_failure = f"spool {self.spool} full ({self.max_queued} messages)"
+
+    def _replay(self, timeout: float = 10.0) -> None:
+        """Publish the spool in order and wait for the broker's acknowledgements; keep what it did not take."""
+        import time
+
+        with self._spool_lock:
+            try:
+                lines = self.spool.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                return
+            sent = []
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    sent.append(self.client.publish(record["topic"], record["payload"], qos=self.qos))
+                except (ValueError, KeyError, TypeError):  # a torn last line of a killed process: not a message
+                    continue
+            deadline = time.monotonic() + timeout
+            while any(not info.is_published() for info in sent) and time.monotonic() < deadline and self.connected.is_set():
+                time.sleep(0.01)
+            done = sum(1 for info in sent if info.is_published())
+            rest = lines[done:] if done < len(sent) else []
+            temporary = self.spool.with_name(f".{self.spool.name}.tmp")
+            temporary.write_text("".join(line + "\n" for line in rest), encoding="utf-8")
+            os.replace(temporary, self.spool)
+            self._spool_count = len(rest)
+            self.published += done
+
     def close(self) -> None:
+        if self.spool is not None and self._spool_count and self.connected.is_set():
+            self._replay()
         self.flush()
-        self.unacknowledged = len(getattr(self.client, "_out_messages", {}))
+        waiting = getattr(self.client, "_out_messages", {})
+        if self.spool is not None and waiting:  # kept for the next start instead of lost
+            self._append([(m.topic, m.payload.decode() if isinstance(m.payload, bytes) else m.payload)
+                          for m in list(waiting.values())])
+            waiting = {}
+        self.unacknowledged = len(waiting)
         if self.unacknowledged:
             self.last_failure = f"{self.unacknowledged} message(s) never acknowledged by the broker"
+        if self._spool_count:
+            self.last_failure = f"{self._spool_count} message(s) kept in {self.spool} for the next start"
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -204,3 +204,47 @@ def test_no_broker_at_start_up_is_refused_naming_the_cause(cmapss_bundle):
                      "--duration", "1", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"mqtt://127.0.0.1:{port}" in result.stderr and "refused" in result.stderr.lower()
+
+
+def test_messages_the_broker_never_took_wait_in_the_spool_and_go_first_at_the_next_start(broker, tmp_path):
+    """The broker goes away, 15 events are emitted, the process ends: they are on disk, counted as
+    undelivered (exit status 1), and the next start publishes them first, in order."""
+    spool = tmp_path / "pump7.spool"
+    subscriber = Subscriber(broker.port)
+    assert subscriber.subscribed.wait(5)
+    sink = MqttSink(port=broker.port, prefix="plant", device="pump7", spool=spool)
+    sink.check()
+    sink.emit({"event": "prediction", "device": "pump7", "seq": 0, "y": [1.0]})
+    assert _wait(lambda: len(subscriber.messages) == 1, 10)
+    broker.stop()
+    assert _wait(lambda: not sink.connected.is_set(), 10)
+    for seq in range(1, 16):
+        sink.emit({"event": "prediction", "device": "pump7", "seq": seq, "y": [float(seq)]})
+    sink.close()
+    assert sink.spooled == 15 and sink.undelivered() == 15 and sink.dropped == 0
+    assert len(spool.read_text().splitlines()) == 15 and "kept in" in sink.last_failure
+
+    broker.start()
+    again = MqttSink(port=broker.port, prefix="plant", device="pump7", spool=spool)
+    again.check()  # connects, then sends the spool before anything new
+    again.emit({"event": "prediction", "device": "pump7", "seq": 16, "y": [16.0]})
+    assert _wait(lambda: len({m["seq"] for _, m in subscriber.messages}) == 17, 20)
+    again.close()
+    subscriber.close()
+    assert again.spooled == 0 and again.undelivered() == 0 and spool.read_text() == ""
+    sequences = [m["seq"] for _, m in subscriber.messages]
+    assert sorted(set(sequences)) == list(range(17))
+    first_after = [s for s in sequences if s > 0]
+    assert first_after[:15] == list(range(1, 16))  # the spooled ones first, in order
+
+
+def test_a_full_spool_drops_and_counts(broker, tmp_path):
+    spool = tmp_path / "small.spool"
+    sink = MqttSink(port=broker.port, prefix="plant", device="pump8", spool=spool, max_queued=5)
+    sink.check()
+    broker.stop()
+    assert _wait(lambda: not sink.connected.is_set(), 10)
+    for seq in range(8):
+        sink.emit({"event": "prediction", "device": "pump8", "seq": seq, "y": [0.0]})
+    sink.close()
+    assert (sink.spooled, sink.dropped, sink.undelivered()) == (5, 3, 8)  # 5 kept for the next start, 3 lost and counted

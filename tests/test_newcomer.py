@@ -84,3 +84,21 @@ def test_healthz_shows_only_the_detail_chosen(cmapss_bundle):
     assert {"bundle_id", "model", "model_sha256", "readings", "status"} <= set(shown["full"])
     assert not {"bundle_id", "model", "model_sha256"} & set(shown["anonymous"]) and "readings" in shown["anonymous"]
     assert set(shown["status"]) == {"status"}
+
+
+def test_every_option_of_every_subcommand_has_help_and_no_help_shows_rest_markup():
+    import argparse
+
+    from edgelstm.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.description or ""]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        texts.append(sub.description or "")
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"edgelstm {name} {action.option_strings[0]} has no help text"
+                texts.append(action.help)
+    markup = [t for t in texts if "``" in t or ":func:" in t or ":class:" in t or ":mod:" in t]
+    assert not markup, markup

@@ -278,7 +278,7 @@ def _run_run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from edgelstm import __version__
 
-    parser = argparse.ArgumentParser(prog="edgelstm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edgelstm", description="edgelstm: trained LSTM and GRU models to int8 step models on small Linux devices (convert, run, bridge, profile, watch).")
     parser.add_argument("--version", action="version", version=f"edgelstm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -18,6 +18,10 @@
  *         elf_cobs_encode    -> "<length> <encoded hex>"
  *   K <input hex, or '-' for empty>
  *         elf_crc32(0, ...)  -> "<crc as 8 hex digits>"
+ *   X <input hex, or '-' for empty>
+ *         elf_xor8(0, ...)   -> "<xor as 2 hex digits>"
+ *   R <input hex, or '-' for empty>
+ *         elf_crc8(0, ...)   -> "<crc as 2 hex digits>"
  *   Q <scale bits> <value bits1> ... <value bitsk>
  *         elf_quantize_int16 of each value -> "<raw1> ... <rawk>"
  *   M     macros -> "<ELF_MAX_FRAME_BYTES> <ELF_FRAME_BYTES_FLOAT32(1..64)...> <ELF_FRAME_BYTES_INT16(1..64)...>"
@@ -230,6 +234,16 @@ static void cobs_command(char *cursor)
     print_result(elf_cobs_encode(buffer, capacity, input, (size_t)n), capacity);
 }
 
+static void csv_checksum_command(char kind, char *cursor)
+{
+    long n = parse_hex_bytes(next_token(&cursor), input, sizeof input);
+    if (n < 0) {
+        puts("ERROR input");
+        return;
+    }
+    printf("%02x\n", (unsigned)(kind == 'X' ? elf_xor8(0u, input, (size_t)n) : elf_crc8(0u, input, (size_t)n)));
+}
+
 static void crc_command(char *cursor)
 {
     long n = parse_hex_bytes(next_token(&cursor), input, sizeof input);
@@ -289,6 +303,8 @@ int main(void)
             cobs_command(cursor);
         } else if (command[0] == 'K') {
             crc_command(cursor);
+        } else if (command[0] == 'X' || command[0] == 'R') {
+            csv_checksum_command(command[0], cursor);
         } else if (command[0] == 'Q') {
             quantize_command(cursor);
         } else if (command[0] == 'M') {

@@ -248,6 +248,28 @@ size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint8_t flags, uint16
     return elf_frame_end(&w);
 }
 
+uint8_t elf_xor8(uint8_t value, const uint8_t *data, size_t len)
+{
+    size_t i;
+    for (i = 0u; data != NULL && i < len; ++i) {
+        value = (uint8_t)(value ^ data[i]);
+    }
+    return value;
+}
+
+uint8_t elf_crc8(uint8_t crc, const uint8_t *data, size_t len)
+{
+    size_t i;
+    uint8_t bit;
+    for (i = 0u; data != NULL && i < len; ++i) {
+        crc = (uint8_t)(crc ^ data[i]);
+        for (bit = 0u; bit < 8u; ++bit) { /* MSB first, polynomial x^8 + x^2 + x + 1 */
+            crc = (uint8_t)((crc & 0x80u) != 0u ? (uint8_t)((uint8_t)(crc << 1) ^ 0x07u) : (uint8_t)(crc << 1));
+        }
+    }
+    return crc;
+}
+
 int16_t elf_quantize_int16(float value, float scale)
 {
     double q = (double)value / (double)scale;

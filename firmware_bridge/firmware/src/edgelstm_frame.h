@@ -144,6 +144,16 @@ size_t elf_encode_int16(uint8_t *out, size_t out_capacity, uint8_t flags, uint16
                         const int16_t *raw, uint8_t channels, float scale);
 
 /*
+ * Checksums for the csv protocol (Edge Impulse-style lines "t,v1,v2,...\r\n"): append
+ * "*HH" with elf_xor8() of the bytes before the '*' (NMEA 0183's checksum, two hex digits),
+ * or "#HH" with elf_crc8() (CRC-8/SMBUS: polynomial 0x07, init 0, no reflection, xorout 0),
+ * which also catches two flipped bits in the same bit position. The bridge checks either and
+ * counts failures. Both continue from a previous result: start with 0.
+ */
+uint8_t elf_xor8(uint8_t value, const uint8_t *data, size_t len);
+uint8_t elf_crc8(uint8_t crc, const uint8_t *data, size_t len);
+
+/*
  * value / scale rounded to the nearest integer, ties to even, saturated to -32768..32767:
  * the same as the Python encoder's clip(rint(float64(value) / scale), -32768, 32767).
  * +-infinity and division by a zero scale saturate; NaN gives 0 (Python leaves that case
