@@ -412,6 +412,59 @@ class StreamRuntime:
         y = self._checked_step(x)
         return y[0] if (self._single and np.ndim(x) == 1) else y
 
+    def step_streams(self, readings, streams) -> np.ndarray:
+        """Step only some streams: one reading for each stream in ``streams`` (indices, no
+        repeats), ``readings`` shaped ``(len(streams), features)``; returns their outputs
+        ``(len(streams), outputs)`` (a copy). Every other stream's state, window, monitor and
+        step count stay exactly as they were: the model still runs once for all rows (one
+        Invoke), and the idle rows' state is put back afterwards.
+
+        For a gateway whose devices send readings independently: each call steps the devices
+        that have a new reading. Bad readings follow ``on_bad_input`` per stream, as in
+        :meth:`step` (``error`` raises before any state changes)."""
+        index = np.asarray(streams, dtype=np.int64).reshape(-1)
+        if index.size == 0:
+            return np.empty((0, self.output_size), np.float32)
+        if index.min() < 0 or index.max() >= self.streams or len(np.unique(index)) != index.size:
+            raise ValueError(f"streams {index.tolist()}: indices 0..{self.streams - 1}, each at most once")
+        try:
+            array = np.asarray(readings, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"readings are not an array of numbers ({exc})") from None
+        if array.ndim == 1 and index.size == 1:
+            array = array.reshape(1, -1)
+        if array.shape != (index.size, self.n_features):
+            raise InputError(f"readings have shape {array.shape}; expected ({index.size}, {self.n_features}) "
+                             f"for streams {index.tolist()}")
+        if self.vocabulary:
+            raise InputError("step_streams() takes feature readings; token models step all streams with step()")
+        if index.size == self.streams and np.array_equal(index, np.arange(self.streams)):
+            return np.array(self.step(array if not self._single else array[0]), np.float32).reshape(self.streams, -1)
+        idle = np.ones(self.streams, bool)
+        idle[index] = False
+        values = np.empty((self.streams, self.n_features), np.float32)
+        values[index] = array
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = ~np.isfinite(values)
+            if self._limit is not None:
+                bad |= np.abs(values.astype(np.float64) - self._mean) > self._limit
+        bad[idle] = False
+        rejected = np.zeros(self.streams, bool)
+        if bad.any():
+            stream, feature = (int(v) for v in np.argwhere(bad)[0])
+            if self.on_bad_input == "error":
+                raise InputError(f"stream {stream}: feature '{self.feature_names[feature]}' (index {feature}) is "
+                                 f"{values[stream, feature]}; the readings were rejected and no state changed")
+            rows_bad = bad.any(axis=1)
+            if self.on_bad_input == "hold" and self._last_good is not None:
+                held = np.where(bad, self._last_good, values)
+                fixable = rows_bad & np.isfinite(held).all(axis=1)
+                self._held += int(fixable.sum())
+                values, rows_bad = held, rows_bad & ~fixable
+            rejected = rows_bad
+        y = self._step_some(values, idle | rejected, counted=rejected)
+        return y[index]
+
     @property
     def steps(self) -> np.ndarray:
         """Readings stepped so far, per stream (since its last reset)."""
@@ -591,8 +644,10 @@ class StreamRuntime:
         self._total += 1
         return self._nan_output
 
-    def _step_some(self, values, rows_bad) -> np.ndarray:
-        """Step only the good rows: the bad rows' state (and window) is put back after the call."""
+    def _step_some(self, values, rows_bad, counted=None) -> np.ndarray:
+        """Step only the good rows: the other rows' state (and window) is put back after the
+        call. ``counted``: the rows that count as rejected (default: all of ``rows_bad``; idle
+        rows of :meth:`step_streams` do not)."""
         saved = [s[rows_bad].copy() for s in self._stepper.state]
         if self.window:
             saved_ring, saved_filled = self._ring[rows_bad].copy(), self._filled[rows_bad].copy()
@@ -607,7 +662,7 @@ class StreamRuntime:
         if self.window:
             self._ring[rows_bad], self._filled[rows_bad] = saved_ring, saved_filled
         y[rows_bad] = np.nan
-        self._rejected += int(rows_bad.sum())
+        self._rejected += int((rows_bad if counted is None else counted).sum())
         self._base += rows_bad.astype(np.int64)
         return y
 
