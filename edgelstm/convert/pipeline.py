@@ -63,6 +63,7 @@ class ConvertOptions:
     cell_groups: int = 4  # at most this many cell-state tensors per LSTM layer (1: one per layer)
     attribution_sequences: int = 16  # held-out sequences the error attribution replays (0: none)
     cell_state: str = "residual"  # int8 TFLite LSTM cell state: "residual" (c = c_hi + c_lo, two int8 tensors) or "single"
+    gru_state: str = "residual"  # int8 TFLite GRU hidden state: "residual" (h = h_hi + h_lo) or "single"
     seed: int = 0
     progress: bool = True
     extra_manifest: dict = field(default_factory=dict)
@@ -197,8 +198,9 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         if token:  # the step models take integer ids: int32 for TFLite, int64 for ONNX
             samples = [dict(s, x=s["x"].astype(np.int32)) for s in samples]
             onnx_samples = [dict(s, x=s["x"].astype(np.int64)) for s in onnx_samples]
-        if options.cell_state == "residual" and network.lstm_layers:  # int8 TFLite: c = c_hi + c_lo
-            residual = ResidualCellPlan(plan, state_ranges)
+        gru_h = options.gru_state == "residual"
+        if (options.cell_state == "residual" and network.lstm_layers) or (gru_h and len(network.recurrent_layers) > len(network.lstm_layers)):
+            residual = ResidualCellPlan(plan, state_ranges, gru_h=gru_h, cells=options.cell_state == "residual")  # int8 TFLite: c = c_hi + c_lo, h = h_hi + h_lo
             residual_samples = [dict(residual.feed(sample), x=feed["x"])
                                 for sample, feed in zip(recording.samples(options.max_samples, seed=options.seed), samples)]
 
