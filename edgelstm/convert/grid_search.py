@@ -162,7 +162,9 @@ class _Streamer:
 
     def error(self, model: bytes) -> float:
         tf, n = self.tf, self.batch.shape[1]
-        interpreter = tf.lite.Interpreter(model_content=bytes(model), num_threads=1)
+        # TFLite's reference int8 kernels (no XNNPACK): grids fitted to one delegate's rounding would not carry over
+        interpreter = tf.lite.Interpreter(model_content=bytes(model), num_threads=1, experimental_op_resolver_type=(
+            tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
         for index, shape, _, _ in self.inputs.values():
             interpreter.resize_tensor_input(index, [n] + shape)
         interpreter.allocate_tensors()

@@ -67,7 +67,10 @@ class ConvertOptions:
     # gate): with the grid search, residual measured 4.73 -> 4.41 % on tfkeras_gru_reset_before (p50 x1.2),
     # 2.00 -> 1.89 % on torch_gru4_forecaster (x1.7) and 3.48 -> 3.53 % on gru256x128_stream (x1.4): opt-in
     gru_state: str = "single"
-    grid_search: bool = True  # int8 TFLite step models: activation grids chosen for the streamed output error (grid_search.py)
+    # int8 TFLite step models: activation grids chosen for the streamed output error (grid_search.py). Off by default:
+    # it lowers the error over many sequences (FD001 LSTM 3.25 -> 2.8 %), but on single sequences TFLite's XNNPACK and
+    # reference int8 kernels (and the attribution replay, which follows the latter) then differ by up to ~25 %
+    grid_search: bool = False
     grid_sequences: int = 80  # calibration sequences the grid search streams (at most grid_steps steps each)
     grid_steps: int = 1000
     seed: int = 0
