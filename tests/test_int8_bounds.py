@@ -124,3 +124,20 @@ def test_the_cpu_default_is_full_int8_when_it_keeps_within_one_percent_else_the_
     decision = verdict(_report(tflite_int8=0.05, tflite_int8_stream=0.05, tflite_dynamic=0.03, tflite_int16x8=0.025))
     assert decision["cpu_choice"] == "tflite int16x8" and "none within 1 %" in decision["lines"][1]
     assert decision["warnings"] and "no int8 variant is within 2 %" in decision["warnings"][0]
+
+
+def test_the_opt_in_grid_search_lowers_the_full_int8_error(fd001, tmp_path):
+    """``--grid-search`` (off by default, see docs/converting.md): the same GRU converted with and
+    without it, measured on the same held-out engines; it must not be worse, and the manifest logs it."""
+    model, scaler, window, _ = CASES["torch_gru4_forecaster"]
+    errors = {}
+    for search in (False, True):
+        out = tmp_path / f"search{int(search)}"
+        convert(ConvertOptions(model=ROOT / model, scaler=ROOT / scaler, calibration=fd001["calibration"],
+                               eval_data=fd001["eval"], out=out, formats=["tflite"], quant=["int8", "float32"],
+                               max_samples=5000, long_steps=1000, attribution_sequences=0, grid_search=search,
+                               grid_sequences=20, grid_steps=300, progress=False))
+        errors[search] = json.loads((out / "report.json").read_text())["models"]["tflite int8 stream"]["relative_rmse"]
+    assert errors[True] <= errors[False] * 1.02, errors
+    manifest = json.loads((tmp_path / "search1" / "manifest.json").read_text())
+    assert "grid_search" in manifest["conversion"]

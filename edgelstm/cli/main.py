@@ -83,6 +83,11 @@ def _add_convert(sub) -> None:
     p.add_argument("--window-samples", type=_positive_int, default=1_000, help="window models: representative windows for the quantizers (default 1000)")
     p.add_argument("--eval-windows", type=_positive_int, default=1_000, help="window models, and step models given --window: held-out windows the report measures, at each window's last step (default 1000)")
     p.add_argument("--cell-groups", type=_positive_int, default=4, help="max cell-state tensors per LSTM layer, grouped by range (default 4; 1 = one)")
+    p.add_argument("--grid-search", action="store_true",
+                   help="int8 TFLite: choose activation grids for the streamed output error on the calibration sequences "
+                        "(edgelstm/convert/grid_search.py; FD001 LSTM 3.25 -> ~2.8 %%, ~20 s more)")
+    p.add_argument("--gru-state", choices=("single", "residual"), default="single",
+                   help="int8 TFLite GRU hidden state: one int8 tensor (default) or h = h_hi + h_lo (slower step)")
     p.add_argument("--cell-state", choices=("residual", "single"), default="residual",
                    help="int8 TFLite LSTM cell state: residual (c = c_hi + c_lo, two int8 tensors, default) or single "
                         "(one int8 tensor per group: fewer ops, larger error)")
@@ -116,6 +121,8 @@ def _run_convert(args) -> int:
         cell_groups=args.cell_groups,
         attribution_sequences=args.attribution_sequences,
         cell_state=args.cell_state,
+        grid_search=args.grid_search,
+        gru_state=args.gru_state,
         window=args.window,
         window_samples=args.window_samples,
         eval_windows=args.eval_windows,

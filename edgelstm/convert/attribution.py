@@ -36,11 +36,19 @@ ROLE_NAMES = {
     "s": "residual plus change (residual cells)",
     "carry": "the carry into c_hi (residual cells)",
     "clo": "the residual c_lo (residual cells)",
+    "rh": "r * h (GRU: the reset h, or r times the recurrent candidate term)",
+    "hd": "hh - h (GRU: the candidate minus the state)",
+    "hu": "(1 - z) (hh - h) (GRU: the update)",
+    "hm": "(1 - z) h_lo (GRU residual h)",
+    "hc": "the update less (1 - z) h_lo (GRU residual h)",
+    "hs": "residual plus change (GRU residual h)",
+    "hcarry": "the carry into h_hi (GRU residual h)",
+    "hclo": "the residual h_lo (GRU residual h)",
     "x": "the input x",
     "y": "the output y",
 }
 #: The tensors of a residual cell that only work on their grids together with c_hi and c_lo.
-RESIDUAL_PARTS = ("carry", "clo", "s")
+RESIDUAL_PARTS = {"carry": "c", "clo": "c", "s": "c", "hcarry": "h", "hclo": "h", "hs": "h"}
 _NAME = re.compile(r"(?:^|[;/])([a-z]+)__(L(\d+)g\d+|D(\d+))")
 _ELEMENTWISE = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "MINIMUM": np.minimum, "MAXIMUM": np.maximum}
 
@@ -130,7 +138,7 @@ class Replay:
                 continue
             role, layer = self.roles.get(index, (None, None))
             if role in RESIDUAL_PARTS:  # c = c_hi + c_lo only rounds as one: the carry moves whole hi steps
-                role = "c"
+                role = RESIDUAL_PARTS[role]
             if role is None:
                 op = next((op["op_name"] for op in self.ops if index in [int(o) for o in op["outputs"]]), "tensor")
                 label = f"other {op} outputs"

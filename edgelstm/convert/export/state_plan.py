@@ -183,22 +183,32 @@ class ResidualCellPlan(StatePlan):
     holds the residual on a grid 255 times finer (``+-`` half a hi step); the step model updates
     them with int8 ops only (see :func:`..tflite_step.build_step_function`): no op ever rounds
     the whole ``c`` after an update. The float and ONNX exports keep the plain plan.
+
+    ``gru_h``: a GRU layer's hidden state the same way, ``h_k`` (hi) and ``h_k_lo``
+    (:func:`..tflite_step._residual_gru`); ``cells=False`` keeps the LSTM cells single.
     """
 
     LO_MARGIN = 1.05  # the residual's grid spans this many times +- half a hi step
 
-    def __init__(self, base: StatePlan, ranges: dict):
+    def __init__(self, base: StatePlan, ranges: dict, gru_h: bool = True, cells: bool = True):
         super().__init__(base.layers)
         from .tflite_ops import quant_params_for_range
 
         self.hi_ranges = dict(ranges)
-        self.hi_grid = {name: quant_params_for_range(*ranges[name], "int8")
-                        for k in range(len(self.layers)) for name in StatePlan.cell_names(self, k)}
+        residual = []  # an LSTM's cell tensors; a GRU's hidden state (when gru_h)
+        for k, layer in enumerate(self.layers):
+            if layer.has_cell:
+                residual += StatePlan.cell_names(self, k) if cells else []
+            elif gru_h:
+                residual.append(f"h_{k}")
+        self.hi_grid = {name: quant_params_for_range(*ranges[name], "int8") for name in residual}
 
     def state_names(self) -> list:
         names = []
         for k in range(len(self.layers)):
             names.append(f"h_{k}")
+            if f"h_{k}" in self.hi_grid:
+                names.append(f"h_{k}_lo")
             for cell in self.cell_names(k):
                 names += [cell, cell + "_lo"]
         return names
