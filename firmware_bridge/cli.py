@@ -13,8 +13,10 @@ from edgelstm.errors import ConfigError
 
 def add_commands(sub) -> None:
     p = sub.add_parser("bridge", help="read sensor frames from a serial port, step the runtime, publish predictions")
-    p.add_argument("--port", required=True, help="device path (/dev/ttyACM0) or pyserial URL (loop://, socket://host:port, rfc2217://...)")
-    p.add_argument("--bundle", required=True, type=Path, help="the bundle directory to step")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="read every option from a TOML file (firmware_bridge/gateway.example.toml); flags given here override it")
+    p.add_argument("--port", help="device path (/dev/ttyACM0) or pyserial URL (loop://, socket://host:port, rfc2217://...)")
+    p.add_argument("--bundle", type=Path, help="the bundle directory to step")
     p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200)")
     p.add_argument("--protocol", choices=("frame", "csv"), default="frame",
                    help="binary COBS frames with CRC-32 (default) or CSV lines")
@@ -41,6 +43,8 @@ def add_commands(sub) -> None:
     p.add_argument("--queue", type=int, default=4096, help="readings buffered between reader and worker")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(handler=run_bridge)
+    global _BRIDGE_PARSER
+    _BRIDGE_PARSER = p
 
     s = sub.add_parser("simulate", help="play C-MAPSS engines as an MCU would, on a pty or a TCP port")
     s.add_argument("--dataset", default="cmapss-fd001", choices=("cmapss-fd001",), help="what to play (the shipped C-MAPSS FD001)")
@@ -131,11 +135,43 @@ def build_sinks(args, runtime, device: str, specs=None) -> list:
     return sinks
 
 
+_BRIDGE_PARSER = None
+
+
+def _apply_config(args) -> None:
+    """Options from ``--config`` for every flag the command line did not give."""
+    from .config import load_config
+
+    for dest, value in load_config(args.config).items():
+        if getattr(args, dest, None) == _BRIDGE_PARSER.get_default(dest):
+            setattr(args, dest, value)
+
+
+def _notify(state: str) -> None:
+    """Tell systemd (Type=notify) our state: one datagram to $NOTIFY_SOCKET, as sd_notify(3)
+    specifies; nothing without it. (Five lines of the documented protocol rather than a
+    dependency on libsystemd's Python binding, which needs a C toolchain on the Pi.)"""
+    import os
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as channel:
+        channel.sendto(state.encode(), address)
+
+
 def run_bridge(args) -> int:
     import edgelstm
 
     from .bridge import Bridge
 
+    if args.config:
+        _apply_config(args)
+    if not args.port or not args.bundle:
+        raise ConfigError("edgelstm bridge needs --port and --bundle (or a --config file that gives bundle and a [[devices]] port)")
     specs = [parse_sink(spec, args) for spec in args.sink or ["stdout"]]  # a bad spec is refused before anything opens
     runtime = edgelstm.load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
     if args.state and args.state.exists():
@@ -152,7 +188,9 @@ def run_bridge(args) -> int:
         signal.signal(signum, lambda *_: done.set())
     bridge.start()
     print(f"edgelstm bridge: {args.port} ({args.protocol}) -> {runtime.model_file} on {runtime.backend}", file=sys.stderr)
+    _notify(f"READY=1\nSTATUS=reading {args.port}")
     done.wait(args.duration)
+    _notify("STOPPING=1")
     bridge.stop()
     print("edgelstm bridge: " + ", ".join(f"{k} {v}" for k, v in bridge.counters.items()), file=sys.stderr)
     ledger = bridge.ledger
