@@ -1,8 +1,9 @@
 """``edgelstm demo``: predictive maintenance end to end on NASA C-MAPSS FD001.
 
-1. Takes the model the project's own recipe trained and ships
-   (``examples/cmapss_fd001_lstm.keras``: LSTM 64, LSTM 32, Dense 1, trained on whole engine
-   trajectories with an output at every cycle), or trains one (``--retrain``).
+1. Takes the best FD001 model the project's own recipe trained and ships
+   (``examples/cmapss_fd001_lstm_128x64.keras``: LSTM 128, LSTM 64, Dense 1, two seeds folded
+   into one model, trained on whole engine trajectories with an output at every cycle; test
+   RMSE 13.82 against 14.89 for the first recipe's LSTM 64/32), or trains one (``--retrain``).
 2. Converts it to int8 (and float32) TFLite and ONNX with the shipped calibration recipe.
 3. Scores float and int8 models on all 100 test engines, stepped one cycle at a time from
    each engine's first cycle (the test score is at the last cycle, against RUL_FD001.txt).
@@ -26,8 +27,8 @@ import numpy as np
 from edgelstm.errors import EdgeLSTMError
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (edgelstm/cli/demo.py)
-EXAMPLE_MODEL = ROOT / "examples" / "cmapss_fd001_lstm.keras"
-EXAMPLE_SCALER = ROOT / "examples" / "cmapss_fd001_lstm.scaler.json"
+EXAMPLE_MODEL = ROOT / "examples" / "cmapss_fd001_lstm_128x64.keras"  # the recipe's best FD001 model; the demo runs in ~40 s
+EXAMPLE_SCALER = ROOT / "examples" / "cmapss_fd001_lstm_128x64.scaler.json"
 RECIPE = ROOT / "calibration" / "cmapss-fd001.json"
 TEST_SET = ROOT / "calibration" / "cmapss_fd001" / "test_FD001.txt"
 ALARM = "y0<30:35"
