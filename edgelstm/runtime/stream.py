@@ -225,12 +225,7 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyStepper(network, batch=streams)
     if backend == "onnxruntime":
-        try:
-            return OnnxStepper(bundle.file(entry), threads=threads, batch=streams)
-        except (ImportError, BundleError):
-            raise
-        except Exception as exc:
-            raise _refused(bundle.file(entry), backend, exc) from None
+        return _opening(bundle.file(entry), backend, lambda: OnnxStepper(bundle.file(entry), threads=threads, batch=streams))
     _, module = tflite_interpreter_module(backend)
     delegates = None
     path = bundle.file(entry)
@@ -259,16 +254,13 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
                 f"nothing of {entry['file']} (all on the CPU); `edgelstm inspect {bundle.path} --target coral-usb` "
                 "prints how to compile and add it", stacklevel=3,
             )
-    try:
-        if window_model:
-            from .window_models import TFLiteWindowModel
+    if window_model:
+        from .window_models import TFLiteWindowModel
 
-            return TFLiteWindowModel(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
-        return TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates, batch=streams)
-    except (ImportError, BundleError):
-        raise
-    except Exception as exc:  # the interpreter's own refusal of a damaged or foreign file
-        raise _refused(path, backend, exc) from None
+        return _opening(path, backend, lambda: TFLiteWindowModel(path, threads=threads, interpreter=backend,
+                                                                 delegates=delegates, batch=streams))
+    return _opening(path, backend, lambda: TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates,
+                                                         batch=streams))
 
 
 def _check_against_manifest(bundle: Bundle, entry: dict, stepper) -> None:
@@ -297,9 +289,17 @@ def _check_against_manifest(bundle: Bundle, entry: dict, stepper) -> None:
                                  f"{sizes[name]} (field state[].size)")
 
 
-def _refused(path, engine: str, exc: BaseException) -> ModelFileError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelFileError(f"{path}: {engine} refuses this model file ({first[:300]})")
+def _opening(path, engine: str, open_model):
+    """``open_model()``; the interpreter's own refusal of a damaged or foreign file becomes a
+    :class:`ModelFileError` naming the file and the reason (``load(backend="auto")`` then
+    tries the next backend). A missing module or a bundle error passes through as it is."""
+    try:
+        return open_model()
+    except (ImportError, BundleError):
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: {engine} refuses this model file ({first[:300]})") from None
 
 
 def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, streams: int):
@@ -311,12 +311,7 @@ def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, 
 
         network = load_network_file(bundle.path / "network.npz", bundle.manifest["network"])
         return NumpyWindowModel(network, batch=streams)
-    try:
-        return OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams)
-    except (ImportError, BundleError):
-        raise
-    except Exception as exc:
-        raise _refused(bundle.file(entry), backend, exc) from None
+    return _opening(bundle.file(entry), backend, lambda: OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams))
 
 
 class StreamRuntime:
