@@ -41,7 +41,13 @@ def add_commands(sub) -> None:
     p.add_argument("--state", type=Path, help="resume the stream state from this file and save it on exit")
     p.add_argument("--reset-on-reconnect", action="store_true", help="restart the stream state after the device reconnects")
     p.add_argument("--queue", type=int, default=4096, help="readings buffered between reader and worker")
+    p.add_argument("--gather-ms", type=float, default=5.0,
+                   help="a gateway (several [[devices]]) waits up to this long for the other devices' readings so one "
+                        "Invoke steps them together (default 5 ms; 0: step what has arrived)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--watch-bundle", type=float, default=2.0, metavar="SECONDS",
+                   help="look at the bundle folder every SECONDS and load a new bundle placed there (default 2; 0: only "
+                        "on SIGHUP / systemctl reload)")
     p.set_defaults(handler=run_bridge)
     global _BRIDGE_PARSER
     _BRIDGE_PARSER = p
@@ -142,7 +148,16 @@ def _apply_config(args) -> None:
     """Options from ``--config`` for every flag the command line did not give."""
     from .config import load_config
 
-    for dest, value in load_config(args.config).items():
+    options = load_config(args.config)
+    devices = options.pop("devices", None)
+    if devices is not None:
+        given = [flag for flag, dest in (("--port", "port"), ("--device", "device"), ("--baud", "baud"), ("--protocol", "protocol"))
+                 if getattr(args, dest) != _BRIDGE_PARSER.get_default(dest)]
+        if given:
+            raise ConfigError(f"{args.config}: {len(devices)} [[devices]]; {', '.join(given)} on the command line would "
+                              "not say which one (change the device in the file)")
+    args.devices = devices
+    for dest, value in options.items():
         if getattr(args, dest, None) == _BRIDGE_PARSER.get_default(dest):
             setattr(args, dest, value)
 
@@ -168,35 +183,58 @@ def run_bridge(args) -> int:
 
     from .bridge import Bridge
 
+    args.devices = None
     if args.config:
         _apply_config(args)
-    if not args.port or not args.bundle:
+    if not (args.port or args.devices) or not args.bundle:
         raise ConfigError("edgelstm bridge needs --port and --bundle (or a --config file that gives bundle and a [[devices]] port)")
     specs = [parse_sink(spec, args) for spec in args.sink or ["stdout"]]  # a bad spec is refused before anything opens
-    runtime = edgelstm.load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None)
+    devices = _devices(args)
+    runtime = edgelstm.load(args.bundle, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None,
+                            streams=len(devices))
     if args.state and args.state.exists():
         runtime.load_state(args.state)
-    device = args.device or Path(urlparse(args.port).path or args.port).name or "device"
-    sinks = build_sinks(args, runtime, device, specs)
+    sinks = build_sinks(args, runtime, devices[0].name if len(devices) == 1 else "gateway", specs)
     for sink in sinks:  # a sink that cannot deliver at all is refused now, not discovered later
         sink.check()
-    bridge = Bridge(args.port, runtime, protocol=args.protocol, baud=args.baud, sinks=sinks,
-                    alarms=args.alarm, device=device, queue_size=args.queue, reset_on_reconnect=args.reset_on_reconnect,
-                    state_path=args.state)
+    def loader(path):  # a model update: the same options, one stream per device
+        return edgelstm.load(path, backend=args.backend, on_bad_input=args.on_bad_input, delegate=None, streams=len(devices))
+
+    try:
+        bridge = Bridge(runtime=runtime, devices=devices, sinks=sinks, alarms=args.alarm, queue_size=args.queue,
+                        reset_on_reconnect=args.reset_on_reconnect, state_path=args.state, gather=args.gather_ms / 1000,
+                        loader=loader, watch=args.watch_bundle or None)
+    except ValueError as exc:  # an alarm rule on an output the model does not have, a protocol, ...
+        raise ConfigError(str(exc)) from None
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: bridge.request_update())  # systemctl reload: load the bundle again
     bridge.start()
-    print(f"edgelstm bridge: {args.port} ({args.protocol}) -> {runtime.model_file} on {runtime.backend}", file=sys.stderr)
-    _notify(f"READY=1\nSTATUS=reading {args.port}")
+    ports = ", ".join(f"{d.port} ({d.protocol})" if len(devices) == 1 else f"{d.name}={d.port} ({d.protocol})" for d in devices)
+    print(f"edgelstm bridge: {ports} -> {runtime.model_file} on {runtime.backend}", file=sys.stderr)
+    _notify(f"READY=1\nSTATUS=reading {ports}")
     done.wait(args.duration)
     _notify("STOPPING=1")
     bridge.stop()
     print("edgelstm bridge: " + ", ".join(f"{k} {v}" for k, v in bridge.counters.items()), file=sys.stderr)
-    ledger = bridge.ledger
-    print(f"edgelstm bridge: readings {ledger['total']}: " + ", ".join(f"{k} {v}" for k, v in ledger["outcomes"].items() if v)
-          + f"; device restarts {ledger['restarts']}", file=sys.stderr)
+    for link in bridge.links:
+        ledger = link.ledger
+        who = "" if len(bridge.links) == 1 else f"{link.name}: "
+        print(f"edgelstm bridge: {who}readings {ledger['total']}: " + ", ".join(f"{k} {v}" for k, v in ledger["outcomes"].items() if v)
+              + f"; device restarts {ledger['restarts']}", file=sys.stderr)
     return _exit_status(bridge)
+
+
+def _devices(args) -> list:
+    """The devices to serve: the config file's ``[[devices]]``, or the one ``--port``."""
+    from .bridge import Device
+
+    if args.devices:
+        return [Device(name=d["name"], port=d["port"], protocol=d.get("protocol", "frame"), baud=d.get("baud", 115200),
+                       alarms=d.get("alarms")) for d in args.devices]
+    name = args.device or Path(urlparse(args.port).path or args.port).name or "device"
+    return [Device(name=name, port=args.port, protocol=args.protocol, baud=args.baud)]
 
 
 def _exit_status(bridge) -> int:

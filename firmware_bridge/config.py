@@ -6,8 +6,10 @@ is a :class:`~edgelstm.errors.ConfigError` naming the file, the line and the key
 become the defaults of ``edgelstm bridge``'s options, so a flag on the command line overrides
 the file. ``firmware_bridge/gateway.example.toml`` is the shipped, tested example.
 
-One ``[[devices]]`` entry per process today (the systemd template runs one instance per config);
-several devices in one process are the gateway's next step.
+``[[devices]]``: one entry per device. Several devices make a gateway: one process, one
+runtime with a stream per device (see :mod:`firmware_bridge.bridge`); each device may name
+alarm rules of its own. With several devices ``--port`` and ``--device`` on the command line
+would be ambiguous and are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _DEVICE = {
         "port": {"type": "string", "minLength": 1},
         "baud": {"type": "integer", "minimum": 50, "maximum": 16_000_000},
         "protocol": {"enum": ["frame", "csv"]},
+        "alarms": {"type": "array", "items": {"type": "string", "minLength": 1}},
     },
 }
 SCHEMA = {
@@ -39,6 +42,8 @@ SCHEMA = {
         "state": {"type": "string", "minLength": 1},
         "reset_on_reconnect": {"type": "boolean"},
         "queue": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+        "gather_ms": {"type": "number", "minimum": 0, "maximum": 1000},
+        "watch_bundle": {"type": "number", "minimum": 0, "maximum": 86400},
         "sinks": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "alarms": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "sync_every": {"type": "integer", "minimum": 1},
@@ -52,7 +57,7 @@ SCHEMA = {
 }
 #: config key -> the ``edgelstm bridge`` option (dest) it sets
 TOP_LEVEL = {"bundle": "bundle", "backend": "backend", "on_bad_input": "on_bad_input", "state": "state",
-             "reset_on_reconnect": "reset_on_reconnect", "queue": "queue", "sinks": "sink", "alarms": "alarm",
+             "reset_on_reconnect": "reset_on_reconnect", "queue": "queue", "gather_ms": "gather_ms", "watch_bundle": "watch_bundle", "sinks": "sink", "alarms": "alarm",
              "sync_every": "sync_every", "mqtt_ca": "mqtt_ca", "mqtt_spool": "mqtt_spool", "mqtt_queue": "mqtt_queue",
              "metrics_address": "metrics_address", "healthz_detail": "healthz_detail"}
 DEVICE_KEYS = {"name": "device", "port": "port", "baud": "baud", "protocol": "protocol"}
@@ -100,11 +105,21 @@ def load_config(path) -> dict:
         line = _line_of(text, where)
         raise ConfigError(f"{path}{f':{line}' if line else ''}: key {key}: {first.message}")
     devices = data["devices"]
-    if len(devices) > 1:
-        raise ConfigError(f"{path}: {len(devices)} [[devices]]; this version serves one device per process: write one "
-                          "config per device and run one edgelstm-bridge@NAME instance each")
+    names = [d.get("name") for d in devices]
+    for k, name in enumerate(names):
+        if name is not None and names.index(name) != k:
+            line = _line_of(text, ["devices", k, "name"])
+            raise ConfigError(f"{path}{f':{line}' if line else ''}: key devices[{k}].name: {name!r} is the name of "
+                              f"devices[{names.index(name)}] too; each device needs a name of its own")
+        if len(devices) > 1 and name is None:
+            raise ConfigError(f"{path}: key devices[{k}]: a gateway's devices each need a name (in events, topics and metrics)")
     options = {dest: data[key] for key, dest in TOP_LEVEL.items() if key in data}
-    options.update({dest: devices[0][key] for key, dest in DEVICE_KEYS.items() if key in devices[0]})
+    if len(devices) == 1:
+        options.update({dest: devices[0][key] for key, dest in DEVICE_KEYS.items() if key in devices[0]})
+        if "alarms" in devices[0]:
+            options["alarm"] = devices[0]["alarms"]
+    else:
+        options["devices"] = devices
     for key in PATHS:  # relative paths are relative to the config file
         dest = TOP_LEVEL[key]
         if dest in options:

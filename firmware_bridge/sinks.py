@@ -260,12 +260,13 @@ class MqttSink(Sink):
     def spooled(self) -> int:
         return self._spool_count
 
-    def topic(self, kind: str) -> str:
-        return f"{self.prefix}/{self.device}/{kind}"
+    def topic(self, kind: str, device: str | None = None) -> str:
+        """``{prefix}/{device}/{kind}``: the event's own device (a gateway's sink serves several)."""
+        return f"{self.prefix}/{device or self.device}/{kind}"
 
     def emit(self, event: dict) -> None:
         kind = {"prediction": "prediction", "alarm": "alarm", "clear": "alarm"}.get(event["event"], event["event"])
-        topic, payload = self.topic(kind), json.dumps(_public(event))
+        topic, payload = self.topic(kind, event.get("device")), json.dumps(_public(event))
         if self.spool is not None:
             if self.connected.is_set() and self._spool_count:
                 self._replay()  # the spool first, in order
@@ -389,8 +390,9 @@ class PrometheusSink(Sink):
         """Called by the bridge at start: expose its counters and start the HTTP server."""
         self._bridge = bridge
         self.registry.register(_BridgeCollector(bridge))
-        for rule in bridge.alarms:
-            self.alarm.labels(bridge.device, rule.name).set(0)
+        for link in bridge.links:
+            for rule in link.alarms:
+                self.alarm.labels(link.name, rule.name).set(0)
         try:
             self._server = _serve(self.address, self.port, self.registry, bridge, self.healthz)
         except OSError as exc:
@@ -491,32 +493,40 @@ class _BridgeCollector:
         self.bridge = bridge
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        counters = self.bridge.counters
-        device = self.bridge.device
-        frames = CounterMetricFamily("edgelstm_frames", "Frames and lines by outcome", labels=["device", "outcome"])
-        for key, value in counters.items():
-            if key.startswith("frames_"):
-                frames.add_metric([device, key[len("frames_"):]], value)
-        yield frames
-        readings = CounterMetricFamily("edgelstm_readings", "Readings by outcome (the ledger: one outcome each)",
-                                       labels=["device", "outcome"])
-        for outcome, value in self.bridge.ledger["outcomes"].items():
-            if outcome != "in_flight":
-                readings.add_metric([device, outcome], value)
-        yield readings
-        for key in ("readings_stepped", "readings_rejected", "queue_overflow", "disconnects", "reconnects"):
-            family = CounterMetricFamily(f"edgelstm_{key}", key.replace("_", " "), labels=["device"])
-            family.add_metric([device], counters[key])
-            yield family
-        last = self.bridge.stats.last_good_reading
-        age = GaugeMetricFamily("edgelstm_last_reading_age_seconds", "Seconds since the last good reading", labels=["device"])
+        """Per device (label ``device``): frames and readings by outcome, link counts, the age
+        of the last good reading, and the monitor's view of that device's stream."""
         import time
 
-        age.add_metric([device], (time.time() - last) if last else float("nan"))
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        bridge = self.bridge
+        frames = CounterMetricFamily("edgelstm_frames", "Frames and lines by outcome", labels=["device", "outcome"])
+        readings = CounterMetricFamily("edgelstm_readings", "Readings by outcome (the ledger: one outcome each)",
+                                       labels=["device", "outcome"])
+        keys = ("readings_stepped", "readings_rejected", "queue_overflow", "disconnects", "reconnects")
+        links = {key: CounterMetricFamily(f"edgelstm_{key}", key.replace("_", " "), labels=["device"]) for key in keys}
+        age = GaugeMetricFamily("edgelstm_last_reading_age_seconds", "Seconds since the last good reading", labels=["device"])
+        for link in bridge.links:
+            counters = link.counters
+            for key, value in counters.items():
+                if key.startswith("frames_"):
+                    frames.add_metric([link.name, key[len("frames_"):]], value)
+            for outcome, value in link.ledger["outcomes"].items():
+                if outcome != "in_flight":
+                    readings.add_metric([link.name, outcome], value)
+            for key, family in links.items():
+                family.add_metric([link.name], counters[key])
+            last = link.stats.last_good_reading
+            age.add_metric([link.name], (time.time() - last) if last else float("nan"))
+        yield frames
+        yield readings
+        yield from links.values()
         yield age
-        monitor = self.bridge.runtime.monitor
+        updates = CounterMetricFamily("edgelstm_model_updates", "Model updates by outcome", labels=["outcome"])
+        for outcome in ("applied", "refused", "state_carried", "state_restarted"):
+            updates.add_metric([outcome], bridge.updates[outcome])
+        yield updates
+        monitor = bridge.runtime.monitor
         if monitor is None:
             return
         health = monitor.health()
@@ -529,6 +539,9 @@ class _BridgeCollector:
         }
         state = GaugeMetricFamily("edgelstm_state_saturated_ratio", "Share of int8 state values at -128 or 127", labels=["device", "stream"])
         for stream in health["streams"]:
+            if stream["stream"] >= len(bridge.links):
+                continue
+            device = bridge.links[stream["stream"]].name
             for name, feature in stream["features"].items():
                 for key, family in families.items():
                     family.add_metric([device, name], float(feature[key]))

@@ -221,7 +221,7 @@ def test_sigterm_flushes_sinks_and_saves_state(cmapss_bundle, units, tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(cmapss_bundle), "--sink", "stdout",
              "--sink", f"csv:{tmp_path / 'out.csv'}", "--sync-every", "1000", "--state", str(tmp_path / "state.npz")],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,  # unbuffered: communicate() gets the rest
         )
         stop = threading.Event()
 
@@ -236,14 +236,14 @@ def test_sigterm_flushes_sinks_and_saves_state(cmapss_bundle, units, tmp_path):
         writer.start()
         predictions = 0
         while predictions < 5:
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
+            line = process.stdout.readline().decode()
+            assert line, process.stderr.read().decode()
             predictions += '"prediction"' in line
         stop.set()
         writer.join()
         assert os.path.getsize(tmp_path / "out.csv") <= len("time,device,seq,t_device_us,y0\n")  # sync_every 1000: not yet
         process.send_signal(signal.SIGTERM)
-        rest, stderr = process.communicate(timeout=20)
+        rest, stderr = (part.decode() for part in process.communicate(timeout=20))
     assert process.returncode == 0, stderr
     stepped = predictions + rest.count('"prediction"')
     rows = (tmp_path / "out.csv").read_text().splitlines()

@@ -18,6 +18,7 @@ from .conftest import ROOT
 
 EXAMPLE = ROOT / "firmware_bridge" / "gateway.example.toml"
 UNIT = ROOT / "firmware_bridge" / "systemd" / "edgelstm-bridge@.service"
+LINES = len(EXAMPLE.read_text().splitlines())  # a key appended after a blank line lands on LINES + 2
 
 
 def _config(tmp_path, bundle, extra: str = "", top: str = "") -> object:
@@ -46,7 +47,7 @@ def test_the_bridge_runs_from_a_config_and_a_flag_overrides_it(tmp_path, cmapss_
 
 @pytest.mark.parametrize("top, extra, words", [
     ("baud_rate = 9600\n", "", ":1: key baud_rate: Additional properties are not allowed"),
-    ("", "\nbaud_rat = 9600\n", ":22: key devices[0].baud_rat: Additional properties are not allowed"),
+    ("", "\nbaud_rat = 9600\n", f":{LINES + 2}: key devices[0].baud_rat: Additional properties are not allowed"),
     ("", '\n[[devices]]\nport = "loop://"\nbaud = "fast"\n', "key devices[1].baud: 'fast' is not of type 'integer'"),
     ("queue = 0\n", "", ":1: key queue: 0 is less than the minimum of 1"),
     ("", "\nbundle = [\n", "not valid TOML"),
@@ -57,12 +58,6 @@ def test_a_bad_config_is_refused_naming_the_line_and_the_key(tmp_path, cmapss_bu
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and str(config) in result.stderr and words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_two_devices_in_one_config_are_refused_with_the_way_to_run_them(tmp_path, cmapss_bundle):
-    config = _config(tmp_path, cmapss_bundle, '\n[[devices]]\nport = "loop://"\n')
-    with pytest.raises(Exception, match="one device per process.*edgelstm-bridge@NAME"):
-        load_config(config)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (.ci/run installs systemd)")

@@ -169,6 +169,9 @@ class DriftMonitor:
         self.events = collections.deque(maxlen=MAX_EVENTS)  # bounded: events() drains it
         self.events_dropped = 0
         self._reset_at = np.zeros(streams, np.int64)  # _seen when each stream was last reset
+        # the ring row of each stream's last repeated (refused or idle) reading: a window holding
+        # repeats is not that sensor's own readings, so it cannot say "stuck"
+        self._repeat_seen = np.full(streams, -(2**40), np.int64)
         self._any_flag = False
         self._any_outside = False
         self._state_high = False
@@ -319,6 +322,7 @@ class DriftMonitor:
         readings = np.array(readings, np.float64).reshape(self.streams, -1)
         readings[rejected] = self._ring[(position - 1) % self._length, rejected]
         self._reset_at[rejected] += 1  # do not count toward the stream's window
+        self._repeat_seen[np.asarray(rejected, bool).reshape(-1)] = self._where()[1]
         return readings
 
     @property
@@ -458,7 +462,10 @@ class DriftMonitor:
             returning = np.abs(self._current - self.cleared_anchor) < np.abs(self._previous - self.cleared_anchor)
         jumped = (np.abs(step_change) > t.step) & doubly_full[:, None] & ~returning
         away = (np.abs(mean_shift) > t.shift) & (self.psi > t.psi) & full[:, None]
-        stuck = stuck & full[:, None]
+        # a stream whose window holds repeats (readings refused, or a gateway's idle device) keeps
+        # its stuck flag as it was: a device that stopped sending is not a stuck sensor
+        own = (self._seen - 1 - self._repeat_seen) >= t.window
+        stuck = np.where(own[:, None], stuck & full[:, None], self.stuck)
         onset = (jumped | away) & ~self.drifting
         if onset.any():
             self.anchor = np.where(onset & jumped, self._previous, np.where(onset, self.mean, self.anchor))
@@ -471,6 +478,10 @@ class DriftMonitor:
             self.cleared_anchor = np.where(cleared, self.anchor, self.cleared_anchor)
         share = np.where(full, np.maximum(self.saturated.mean(-1), self.state_saturated), 0.0)  # of all values in the window
         saturating = np.where(self.saturating, share > t.saturation / 2, share > t.saturation)
+        idle = self._repeat_seen == self._seen - 1  # nothing new from these streams: their flags stay
+        if idle.any():
+            drifting = np.where(idle[:, None], self.drifting, drifting)
+            saturating = np.where(idle, self.saturating, saturating)
         if (drifting != self.drifting).any() or (stuck != self.stuck).any() or (saturating != self.saturating).any():
             self._emit_changes(drifting, stuck, saturating)
         self.drifting, self.stuck, self.saturating = drifting, stuck, saturating

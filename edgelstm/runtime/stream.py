@@ -145,6 +145,10 @@ def _quantized(values: np.ndarray, quant, dtype) -> np.ndarray:
 STALE_TEMPORARY_SECONDS = 60.0
 
 
+def _layout_text(layout: dict) -> str:
+    return ", ".join(f"{name} {size}" for name, size in sorted(layout.items())) or "no state"
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Temporaries ``.NAME.*`` that an interrupted :meth:`StreamRuntime.save_state` left beside ``path``."""
     now = time.time()
@@ -370,6 +374,8 @@ class StreamRuntime:
         self._state_resets = 0
         self._last_reset_step = np.full(streams, -(10**9), np.int64)
         self._events = []
+        #: after step_streams(): which of its readings were refused (bool, one per stream given)
+        self.last_rejected = np.zeros(0, bool)
         if self.window:
             self._ring = np.zeros((streams, self.window, self.n_features), np.float32)
             self._filled = np.zeros(streams, np.int64)
@@ -416,7 +422,9 @@ class StreamRuntime:
 
         For a gateway whose devices send readings independently: each call steps the devices
         that have a new reading. Bad readings follow ``on_bad_input`` per stream, as in
-        :meth:`step` (``error`` raises before any state changes)."""
+        :meth:`step` (``error`` raises before any state changes); afterwards
+        :attr:`last_rejected` says which of the given readings were refused (their outputs
+        are NaN), so a caller can tell a refused reading from a window still filling."""
         index = np.asarray(streams, dtype=np.int64).reshape(-1)
         if index.size == 0:
             return np.empty((0, self.output_size), np.float32)
@@ -433,8 +441,7 @@ class StreamRuntime:
                              f"for streams {index.tolist()}")
         if self.vocabulary:
             raise InputError("step_streams() takes feature readings; token models step all streams with step()")
-        if index.size == self.streams and np.array_equal(index, np.arange(self.streams)):
-            return np.array(self.step(array if not self._single else array[0]), np.float32).reshape(self.streams, -1)
+        every = index.size == self.streams and np.array_equal(index, np.arange(self.streams))
         idle = np.ones(self.streams, bool)
         idle[index] = False
         values = np.empty((self.streams, self.n_features), np.float32)
@@ -445,6 +452,9 @@ class StreamRuntime:
                 bad |= np.abs(values.astype(np.float64) - self._mean) > self._limit
         bad[idle] = False
         rejected = np.zeros(self.streams, bool)
+        self.last_rejected = rejected[index]
+        if every and not bad.any():  # every stream has a good reading: the plain step
+            return np.array(self.step(array if not self._single else array[0]), np.float32).reshape(self.streams, -1)
         if bad.any():
             stream, feature = (int(v) for v in np.argwhere(bad)[0])
             if self.on_bad_input == "error":
@@ -457,6 +467,7 @@ class StreamRuntime:
                 self._held += int(fixable.sum())
                 values, rows_bad = held, rows_bad & ~fixable
             rejected = rows_bad
+        self.last_rejected = rejected[index]
         y = self._step_some(values, idle | rejected, counted=rejected)
         return y[index]
 
@@ -830,6 +841,28 @@ class StreamRuntime:
         if window is not None:
             self._ring[rows] = window
             self._filled[rows] = filled
+
+    def carry_state_from(self, other: "StreamRuntime") -> None:
+        """Continue ``other``'s streams in this runtime (a model update: another bundle, e.g. the
+        same network fine-tuned): each stream's float state (``get_state()["state"]``, the
+        source model's units), step count and window are set here, requantized to this model's
+        grids. Raises :class:`BundleError`, changing nothing, when the state layouts differ
+        (other layers or sizes, another stream count or window): then the streams must restart."""
+        if other.streams != self.streams:
+            raise BundleError(f"the running model has {other.streams} stream(s), the new one {self.streams}")
+        if other.n_features != self.n_features:
+            raise BundleError(f"the running model reads {other.n_features} features, the new one {self.n_features}")
+        state = other.get_state()
+        theirs = {name: values.shape[1] for name, values in state["state"].items()}
+        ours = {base: size for base, _, size in self._state_layout.values()}
+        if theirs != ours:
+            raise BundleError(f"the state layouts differ (running: {_layout_text(theirs)}; new: {_layout_text(ours)})")
+        if bool(self.window) != bool(other.window) or (self.window and self.window != other.window):
+            raise BundleError(f"the running model steps windows of {other.window}, the new one {self.window}")
+        state = dict(state, bundle_id=self.bundle.bundle_id, model=None, raw={})  # through the float state
+        if not self.window:
+            state.pop("window", None)
+        self.set_state(state)
 
     def save_state(self, path) -> None:
         """Write the state atomically (temporary file, fsync, rename): a reboot mid-write
