@@ -82,6 +82,8 @@ class Bridge:
                                  backoff=backoff, open_timeout=open_timeout, reset_on_reconnect=reset_on_reconnect)
                       for k, d in enumerate(devices)]
         self._by_name = {link.name: link for link in self.links}
+        #: a sink logs raw readings (a log a trainer can use): events then carry them
+        self._with_readings = any(getattr(sink, "readings", None) for sink in self.sinks)
         self._worker = None
         self._error: BaseException | None = None
         self.worker_errors = 0
@@ -556,18 +558,27 @@ class Bridge:
         stats.last_good_reading = time.time()
         if values and values[0] != values[0]:
             if self.runtime.window:  # a good reading, but the runtime's window is still filling
-                self._emit({"event": "filling", "device": link.name, "seq": frame.sequence,
-                            "window": self.runtime.window, "time": stats.last_good_reading})
+                event = {"event": "filling", "device": link.name, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
+                         "window": self.runtime.window, "time": stats.last_good_reading}
+                self._emit(self._with_reading(event, link, frame) if self._with_readings else event)
             return  # a state reset (the stream started again) says why, among the monitor's events
-        self._emit({
+        event = {
             "event": "prediction", "device": link.name, "seq": frame.sequence, "t_device_us": frame.timestamp_us,
             "time": stats.last_good_reading, "y": values, "step_us": elapsed * 1e6, "arrived_ns": arrived_ns,
-        })
+        }
+        self._emit(self._with_reading(event, link, frame) if self._with_readings else event)
         for rule in link.alarms:
             change = rule.update(values)
             if change:
                 self._emit({"event": change, "device": link.name, "rule": rule.name, "value": values[rule.output],
                             "seq": frame.sequence, "time": stats.last_good_reading})
+
+    @staticmethod
+    def _with_reading(event: dict, link: DeviceLink, frame) -> dict:
+        """The raw reading, the device's stream and the frame flags (bit 0: the device restarted)."""
+        event["stream"], event["flags"] = link.stream, int(getattr(frame, "flags", 0))
+        event["x"] = [float(v) for v in frame.values]
+        return event
 
     def _monitor_events(self, events: list, frames: dict) -> None:
         """Drift, saturation, stuck sensors and state resets, each under its device's name."""

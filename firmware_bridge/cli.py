@@ -24,6 +24,12 @@ def add_commands(sub) -> None:
                    help="stdout (default), csv:PATH, mqtt://[user:pass@]host[:port][/prefix], mqtts://..., "
                         "prometheus[:[HOST:]PORT] (repeatable)")
     p.add_argument("--sync-every", type=int, default=100, help="CSV sink: flush and fsync every N lines")
+    p.add_argument("--log-readings", action="store_true",
+                   help="CSV and stdout sinks: record each raw reading with device, stream, sequence, device time and "
+                        "frame flags beside the prediction (a log `edgelstm dataset` turns into training data)")
+    p.add_argument("--rotate-mb", type=float, default=None, metavar="MB",
+                   help="CSV sink: start a new file when the current one reaches MB megabytes (the full one is renamed "
+                        "STEM.NNNNNN.csv)")
     p.add_argument("--mqtt-ca", help="CA file for mqtts://")
     p.add_argument("--mqtt-spool", type=Path, metavar="FILE",
                    help="keep MQTT messages the broker has not taken in FILE (bounded by --mqtt-queue) and send them "
@@ -129,10 +135,14 @@ def build_sinks(args, runtime, device: str, specs=None) -> list:
 
     sinks = []
     for kind, options in specs if specs is not None else [parse_sink(spec, args) for spec in args.sink or ["stdout"]]:
+        readings = getattr(args, "log_readings", False)
         if kind == "stdout":
-            sinks.append(JsonLinesSink())
+            sinks.append(JsonLinesSink(readings=readings))
         elif kind == "csv":
-            sinks.append(CsvFileSink(options["path"], runtime.output_size, sync_every=args.sync_every))
+            rotate = getattr(args, "rotate_mb", None)
+            sinks.append(CsvFileSink(options["path"], runtime.output_size, sync_every=args.sync_every,
+                                     readings=runtime.feature_names if readings else None,
+                                     rotate_bytes=int(rotate * 1e6) if rotate else None))
         elif kind == "mqtt":
             sinks.append(MqttSink(device=device, spool=getattr(args, "mqtt_spool", None),
                                   max_queued=getattr(args, "mqtt_queue", 100_000), **options))

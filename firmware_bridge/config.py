@@ -47,6 +47,8 @@ SCHEMA = {
         "sinks": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "alarms": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "sync_every": {"type": "integer", "minimum": 1},
+        "log_readings": {"type": "boolean"},
+        "rotate_mb": {"type": "number", "exclusiveMinimum": 0},
         "mqtt_ca": {"type": "string"},
         "mqtt_spool": {"type": "string"},
         "mqtt_queue": {"type": "integer", "minimum": 1},
@@ -58,7 +60,7 @@ SCHEMA = {
 #: config key -> the ``edgelstm bridge`` option (dest) it sets
 TOP_LEVEL = {"bundle": "bundle", "backend": "backend", "on_bad_input": "on_bad_input", "state": "state",
              "reset_on_reconnect": "reset_on_reconnect", "queue": "queue", "gather_ms": "gather_ms", "watch_bundle": "watch_bundle", "sinks": "sink", "alarms": "alarm",
-             "sync_every": "sync_every", "mqtt_ca": "mqtt_ca", "mqtt_spool": "mqtt_spool", "mqtt_queue": "mqtt_queue",
+             "sync_every": "sync_every", "log_readings": "log_readings", "rotate_mb": "rotate_mb", "mqtt_ca": "mqtt_ca", "mqtt_spool": "mqtt_spool", "mqtt_queue": "mqtt_queue",
              "metrics_address": "metrics_address", "healthz_detail": "healthz_detail"}
 DEVICE_KEYS = {"name": "device", "port": "port", "baud": "baud", "protocol": "protocol"}
 PATHS = ("bundle", "state", "mqtt_spool")

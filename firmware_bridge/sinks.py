@@ -50,8 +50,10 @@ class Sink:
         return self.failures
 
 
-def _public(event: dict) -> dict:
-    return {k: v for k, v in event.items() if k not in ("arrived_ns",)}
+def _public(event: dict, readings: bool = False) -> dict:
+    """What a sink publishes of an event: not the bridge's own bookkeeping (``arrived_ns``),
+    and the raw reading (``x``) only where a sink logs readings."""
+    return {k: v for k, v in event.items() if k != "arrived_ns" and (readings or k != "x")}
 
 
 class JsonLinesSink(Sink):
@@ -59,12 +61,13 @@ class JsonLinesSink(Sink):
 
     name = "stdout"
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, readings: bool = False):
         self.stream = stream or sys.stdout
+        self.readings = readings  # the raw reading (``x``), stream and flags in each prediction
 
     def emit(self, event: dict) -> None:
         try:
-            self.stream.write(json.dumps(_public(event)) + "\n")
+            self.stream.write(json.dumps(_public(event, self.readings)) + "\n")
             self.stream.flush()
         except (OSError, ValueError) as exc:  # a closed pipe, a closed stream
             self.failed(1, exc)
@@ -76,13 +79,32 @@ class CsvFileSink(Sink):
 
     A row counts as delivered once an fsync after it succeeded; rows a failed write or fsync
     (a full disk) took with it are counted as undelivered, and the next row opens the file
-    again (the disk may have room by then)."""
+    again (the disk may have room by then). An existing file whose header is not this sink's
+    columns is refused (rows of two layouts in one file would be read wrongly).
 
-    def __init__(self, path, outputs: int, sync_every: int = 100):
-        self.path = path
+    ``readings`` (the model's feature names): a log a trainer can use
+    (:mod:`edgelstm.learn.logs` reads it). Each row then also holds the device's stream index,
+    the frame flags (bit 0: the device restarted) and the raw reading, columns ``x_NAME``;
+    readings that only filled a window get a row with empty outputs. ``rotate_bytes``: once
+    the file reaches this size it is synced, closed and renamed ``STEM.NNNNNN.SUFFIX`` (the next
+    free number), and a new file with the header starts.
+
+    Columns: ``time`` (host Unix time), ``device``, [``stream``], ``seq``, ``t_device_us``,
+    [``flags``, ``x_...``], ``y0``...
+    """
+
+    def __init__(self, path, outputs: int, sync_every: int = 100, readings=None, rotate_bytes: int | None = None):
+        self.path = Path(path)
         self.name = f"csv:{path}"
         self.sync_every = max(1, int(sync_every))
-        self._columns = ",".join(["time", "device", "seq", "t_device_us"] + [f"y{i}" for i in range(outputs)]) + "\n"
+        self.readings = list(readings) if readings else None
+        self.rotate_bytes = rotate_bytes
+        self.rotated = 0
+        columns = ["time", "device"] + (["stream"] if self.readings else []) + ["seq", "t_device_us"]
+        if self.readings:
+            columns += ["flags"] + [f"x_{name}" for name in self.readings]
+        self._columns = ",".join(columns + [f"y{i}" for i in range(outputs)]) + "\n"
+        self._outputs = outputs
         self._file = None
         self._pending = 0  # rows written since the last successful fsync
         self.rows = 0
@@ -93,6 +115,13 @@ class CsvFileSink(Sink):
             raise SinkError(f"{self.name}: cannot open ({exc.strerror or exc})") from None
 
     def _open(self) -> None:
+        path = Path(self.path)
+        if path.is_file() and path.stat().st_size:
+            with open(path, encoding="utf-8", errors="replace") as existing:
+                header = existing.readline()
+            if header != self._columns:
+                raise SinkError(f"{self.name}: the file's header is {header.strip()[:200]!r}, this sink writes "
+                                f"{self._columns.strip()[:200]!r}; write to a new file (or move this one away)")
         self._file = open(self.path, "a", buffering=1 << 16)
         if self._file.tell() == 0:  # a new (or empty) file starts with the header
             self._file.write(self._columns)
@@ -107,19 +136,39 @@ class CsvFileSink(Sink):
             raise SinkError(f"{self.name}: cannot write ({exc.strerror or exc})") from None
 
     def emit(self, event: dict) -> None:
-        if event["event"] != "prediction":
+        kind = event["event"]
+        if kind != "prediction" and not (kind == "filling" and self.readings):
             return
-        row = [f"{event['time']:.6f}", event["device"], str(event["seq"]), str(event["t_device_us"])]
+        row = [f"{event['time']:.6f}", event["device"]]
+        if self.readings:
+            row.append(str(event.get("stream", 0)))
+        row += [str(event["seq"]), str(event.get("t_device_us", ""))]
+        if self.readings:
+            row.append(str(event.get("flags", 0)))
+            row += [repr(float(v)) for v in event["x"]]  # exact: a trainer reads back what the device sent
+        outputs = [f"{v:.6g}" for v in event["y"]] if kind == "prediction" else [""] * self._outputs
         self.rows += 1
         self._pending += 1
         try:
             if self._file is None:
                 self._open()
-            self._file.write(",".join(row + [f"{v:.6g}" for v in event["y"]]) + "\n")
+            self._file.write(",".join(row + outputs) + "\n")
             if self._pending >= self.sync_every:
                 self._sync()
+            if self.rotate_bytes and self._file.tell() >= self.rotate_bytes:
+                self._rotate()
         except OSError as exc:
             self._lose(exc)
+
+    def _rotate(self) -> None:
+        """Sync and close the full file, rename it to the next free ``STEM.NNNNNN.SUFFIX``."""
+        self._sync()
+        self._drop_file()
+        path, number = Path(self.path), 1
+        while (target := path.with_name(f"{path.stem}.{number:06d}{path.suffix}")).exists():
+            number += 1
+        os.replace(path, target)
+        self.rotated += 1
 
     def _sync(self) -> None:
         self._file.flush()

@@ -15,8 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -85,6 +88,12 @@ def engines():
     return cmapss_units()  # the 100 FD001 test engines: 13,096 readings
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _wait(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,11 +118,16 @@ def test_ten_swaps_at_1khz_per_device_lose_no_reading_and_step_none_twice(bundle
         for play in plays:
             play.start()
         swapped_at = []
-        for swap in range(10):  # every 0.4 s, alternately to the float32 bundle and back to int8
-            time.sleep(0.4)
+
+        def stepped():
+            return sum(bridge.link(n).stats.readings_stepped for n in ("pump1", "pump2"))
+
+        for swap in range(10):  # every 800 readings (0.4 s at 2 x 1 kHz), alternately to float32 and back to int8
+            mark = stepped()
+            assert _wait(lambda: stepped() >= mark + 800, 10)
             bridge.request_update(bundles["float" if swap % 2 == 0 else "int8"]).join(30)
             assert _wait(lambda: bridge.updates["applied"] == swap + 1, 10), bridge.updates
-            swapped_at.append(sum(bridge.link(n).stats.readings_stepped for n in ("pump1", "pump2")))
+            swapped_at.append(stepped())
         for play in plays:
             play.join(60)
         assert _wait(lambda: all(bridge.link(n).ledger["outcomes"]["in_flight"] == 0 and bridge.link(n).ledger["total"] == 5000
@@ -205,21 +219,35 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
     current = tmp_path / "current"
     current.symlink_to(bundles["int8"])
     link = PtyLink()
+    metrics = _free_port()
     bridge = subprocess.Popen([sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(current),
-                               "--sink", f"csv:{tmp_path / 'out.csv'}", "--watch-bundle", "0.2"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--sink", f"csv:{tmp_path / 'out.csv'}", "--sink", f"prometheus:{metrics}",
+                               "--watch-bundle", "0.2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def health():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=5) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as failing:  # 503 until the first reading
+            return json.load(failing)
+
+    def stepped(count):
+        return _wait(lambda: health()["readings"]["outcomes"]["stepped"] >= count, 30)
+
     try:
         assert link.wait_for_reader(60)
         Simulator([engines[0]], rate=500).play(link.write)
+        assert stepped(len(engines[0]))
         swap = tmp_path / "next"
         swap.symlink_to(bundles["float"])
-        os.replace(swap, current)  # a new bundle placed at the path, atomically
-        time.sleep(2.0)  # the watcher looks every 0.2 s and waits one look for the folder to settle
+        os.replace(swap, current)  # a new bundle placed at the path, atomically; the watcher notices it
+        assert _wait(lambda: health()["model_updates"]["applied"] == 1, 30)
         Simulator([engines[1]], rate=500).play(link.write)
+        assert stepped(len(engines[0]) + len(engines[1]))
         bridge.send_signal(signal.SIGHUP)  # systemctl reload: the same path loaded again
-        time.sleep(2.0)
+        assert _wait(lambda: health()["model_updates"]["applied"] == 2, 30)
         Simulator([engines[2]], rate=500).play(link.write)
-        time.sleep(0.5)
+        assert stepped(sum(len(e) for e in engines[:3]))
     finally:
         bridge.send_signal(signal.SIGTERM)
         _, stderr = bridge.communicate(timeout=60)

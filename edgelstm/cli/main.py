@@ -222,10 +222,17 @@ def _add_demo(sub) -> None:
     p.add_argument("--retrain", action="store_true", help="train the model with the recipe instead of using the shipped one")
     p.add_argument("--epochs", type=int, default=60, help="training epochs with --retrain")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--update", action="store_true",
+                   help="the learning loop instead: a first model on 40 training engines, 40 more run to failure through "
+                        "the bridge with reading logs, dataset, gated fine-tune, convert, hot swap, test set before/after")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> int:
+    if args.update:
+        from .demo_update import run_update_demo
+
+        return run_update_demo(args.out, progress=not args.quiet)
     from .demo import run_demo
 
     return run_demo(args.out, progress=not args.quiet, engines=args.engines, rate=args.rate, retrain=args.retrain,
@@ -291,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_convert, _add_inspect, _add_targets, _add_run, _add_profile, _add_bundle_add):
         add(sub)
+    from .learn import add_commands as add_learning_commands
+
+    add_learning_commands(sub)
     try:
         from firmware_bridge.cli import add_commands as add_bridge_commands
     except ImportError:  # installed without the bridge's dependencies (pyserial, cobs)
@@ -305,7 +315,7 @@ EXTRAS = {"tensorflow": "convert", "keras": "convert", "h5py": "convert", "onnx"
           "matplotlib": "convert", "onnxruntime": "onnx-runtime", "serial": "bridge", "cobs": "bridge",
           "paho": "bridge", "prometheus_client": "bridge", "ai_edge_litert": "runtime"}
 #: Subcommands that run on the workstation: a module they miss comes with the convert extra.
-WORKSTATION_COMMANDS = ("convert", "inspect", "demo")
+WORKSTATION_COMMANDS = ("convert", "inspect", "demo", "dataset", "finetune")
 
 
 def missing_extra_message(command: str, module: str) -> str:
