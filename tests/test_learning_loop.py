@@ -133,3 +133,38 @@ def test_a_fine_tune_that_makes_validation_worse_is_rejected_and_writes_no_model
     assert record["accepted"] is False and record["out"] is None and not out.exists()
     assert "no epoch improved" in record["reason"] or "RMSE changed" in record["reason"]
     assert record["split"]["gate_lives"] >= 1 and record["gate"]["before"]["rmse"] > 0
+
+
+def test_the_int8_model_of_an_update_is_scored_like_the_float_one(train_engines, tmp_path):
+    """``finetune --calibration``: the accepted model is converted and its int8 model scored on the
+    gate machines through the runtime; on the shipped example it lands within a cycle of float."""
+    import keras
+
+    from edgelstm.learn.finetune import _cut_scores, _int8_scores, _load_scaler
+
+    model = tmp_path / "m.keras"
+    keras.saving.load_model(EXAMPLE, compile=False).save(model)
+    (tmp_path / "m.scaler.json").write_text(EXAMPLE.with_suffix(".scaler.json").read_text())
+    offset, scale = _load_scaler(tmp_path / "m.scaler.json")
+    lives = [(e - offset) / scale for e in train_engines[80:90]]
+    int8, bundle = _int8_scores(model, ROOT / "calibration/cmapss-fd001.json", lives, offset, scale)
+    floating = _cut_scores(keras.saving.load_model(model, compile=False), lives, 125.0)
+    assert int8["cuts"] == floating["cuts"] > 500 and abs(int8["rmse"] - floating["rmse"]) < 1.0, (int8, floating)
+    assert (tmp_path / "m_bundle" / "manifest.json").exists() and bundle.endswith("m_bundle")
+
+
+def test_a_legacy_hdf5_model_fine_tunes(train_engines, tmp_path):
+    """tf-keras (Keras 2) models: an HDF5 file it wrote loads, fine-tunes and is saved as .keras."""
+    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras.utils.set_random_seed(0)
+    legacy = tf_keras.Sequential([tf_keras.Input((None, 14)), tf_keras.layers.LSTM(8, return_sequences=True),
+                                  tf_keras.layers.Dense(1)])
+    legacy.save(tmp_path / "old.h5")
+    (tmp_path / "old.scaler.json").write_text(EXAMPLE.with_suffix(".scaler.json").read_text())
+    data = tmp_path / "data.npz"
+    _cmapss_dataset(data, train_engines[:12])
+    from edgelstm.learn.finetune import finetune
+
+    record = finetune(tmp_path / "old.h5", data, tmp_path / "new.keras", lr=1e-2, epochs=2, patience=2)
+    assert record["gate"]["before"]["rmse"] > 0 and record["training"]["epochs_run"] >= 1
+    assert record["accepted"] == (tmp_path / "new.h5").exists()  # a Keras 2 model stays a Keras 2 file

@@ -25,6 +25,8 @@ def add_commands(sub) -> None:
     f.add_argument("--gate", type=Path, help="held-out machines (a dataset) for the decision (default: a share of --data)")
     f.add_argument("--replay", type=Path, help="a dataset of what the model was trained on, mixed into the fine-tuning "
                                                 "lives so the update does not forget it")
+    f.add_argument("--calibration", type=Path, help="convert an accepted model with this calibration data (int8 TFLite, "
+                                                     "OUT_bundle/) and score its int8 model on the gate machines too")
     f.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     f.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
     f.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better validation RMSE")
@@ -57,7 +59,7 @@ def _run_finetune(args) -> int:
     record = finetune(args.model, args.data, args.out, scaler_path=args.scaler, gate_path=args.gate,
                       replay_path=args.replay, lr=args.lr,
                       epochs=args.epochs, patience=args.patience, min_gain=args.min_gain, seed=args.seed,
-                      verbose=args.verbose)
+                      verbose=args.verbose, calibration=args.calibration)
     if args.json:
         print(json.dumps(record, indent=2))
     gate = record["gate"]

@@ -12,7 +12,9 @@ The guide's continuous-learning step, done so that a worse model never reaches a
    learning rate (default 1e-4), early stopping on the validation machines' test-like cuts
    (every cycle of a life whose true RUL is in 5..145 with 31 cycles before it, as the FD001
    test engines are cut), the best epoch kept.
-4. Old and new are scored on the gate machines, the same way (RMSE and the PHM08 score).
+4. Old and new are scored on the gate machines, the same way (RMSE and the PHM08 score); with
+   ``calibration`` the accepted model is also converted (int8 TFLite, ``OUT_bundle/``) and its
+   int8 model scored there, stepped through the runtime (``gate.after_int8``).
    The update is **accepted** only when the new model's RMSE is lower by at least
    ``min_gain`` cycles and its PHM08 score is not higher; otherwise it is rejected and no model
    is written, so nothing can be converted by mistake.
@@ -36,13 +38,25 @@ from edgelstm.errors import InputError
 from .dataset import load_dataset
 
 
-def _load_model(path: Path):
+def _load_model(path: Path) -> tuple:
+    """``(model, its Keras module)``: Keras 3 first; an HDF5 file Keras 3 cannot read (written by
+    Keras 2 / tf-keras, e.g. with ``time_major``) with tf-keras when it is installed."""
     import keras
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False), keras
     except Exception as exc:  # Keras says what it could not read
-        raise InputError(f"{path}: cannot be loaded as a Keras model ({str(exc).splitlines()[0][:200]})") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        try:
+            import tf_keras
+        except ImportError:
+            raise InputError(f"{path}: Keras 3 cannot load this Keras 2 file ({first}); install tf-keras to fine-tune it") from None
+        try:
+            return tf_keras.models.load_model(path, compile=False), tf_keras
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    raise InputError(f"{path}: cannot be loaded as a Keras model ({first})")
 
 
 def _load_scaler(path: Path) -> tuple:
@@ -82,12 +96,36 @@ def _cut_scores(model, sequences: list, cap: float) -> dict:
     return dict(result, cuts=int(sum(len(t) for t in truth)), lives=len(usable))
 
 
+def _int8_scores(model_path: Path, calibration, gate_lives: list, offset, scale) -> tuple:
+    """Convert ``model_path`` (int8 TFLite) and score it like :func:`_cut_scores`, stepping each
+    gate life through the runtime in raw units (the runtime normalises)."""
+    import edgelstm
+    from edgelstm.convert.pipeline import ConvertOptions, convert
+    from edgelstm.recipes.cmapss import CUT_RUL, MIN_PREFIX, scores
+
+    bundle = model_path.with_name(model_path.stem + "_bundle")
+    convert(ConvertOptions(model=model_path, calibration=Path(calibration), scaler=model_path.with_suffix(".scaler.json"),
+                           out=bundle, formats=["tflite"], quant=["int8"], attribution_sequences=0, progress=False))
+    runtime = edgelstm.load(bundle, model="int8")
+    guesses, truth = [], []
+    for life in gate_lives:
+        if len(life) < MIN_PREFIX + CUT_RUL[0]:
+            continue
+        runtime.reset()
+        predicted = runtime.run(life * scale + offset)[:, 0]
+        remaining = np.arange(len(life) - 1, -1, -1)
+        cuts = (remaining >= CUT_RUL[0]) & (remaining <= CUT_RUL[1]) & (np.arange(len(life)) >= MIN_PREFIX - 1)
+        guesses.append(predicted[cuts])
+        truth.append(remaining[cuts])
+    result = scores(np.concatenate(guesses), np.concatenate(truth))
+    result.pop("engines")
+    return dict(result, cuts=int(sum(len(t) for t in truth))), str(bundle)
+
+
 def finetune(model_path, data_path, out, scaler_path=None, gate_path=None, replay_path=None, lr: float = 1e-4, epochs: int = 30,
              patience: int = 5, val_share: float = 0.2, gate_share: float = 0.25, seed: int = 0, min_gain: float = 0.0,
-             batch_size: int = 10, cap: float = 125.0, verbose: bool = False) -> dict:
+             batch_size: int = 10, cap: float = 125.0, verbose: bool = False, calibration=None) -> dict:
     """Fine-tune, gate, write ``out`` (accepted only) and ``update.json``; returns the update record."""
-    import keras
-
     from edgelstm.recipes.cmapss import pad
 
     started = time.perf_counter()
@@ -114,7 +152,7 @@ def finetune(model_path, data_path, out, scaler_path=None, gate_path=None, repla
     if len(train_index) < 1 or len(val_index) < 1 or len(gate_lives) < 1:
         raise InputError(f"{data_path}: {len(lives)} labelled lives; fine-tuning needs machines for training, "
                          "validation and the gate (at least 3, or 2 and --gate)")
-    model = _load_model(model_path)
+    model, keras = _load_model(model_path)
     before_gate = _cut_scores(model, gate_lives, cap)
     val_lives = [lives[i] for i in val_index]
     before_val = _cut_scores(model, val_lives, cap)
@@ -166,8 +204,13 @@ def finetune(model_path, data_path, out, scaler_path=None, gate_path=None, repla
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     if accepted:
+        if keras.__name__ == "tf_keras" and out.suffix.lower() not in (".h5", ".hdf5"):
+            out = out.with_suffix(".h5")  # a Keras 2 model stays a Keras 2 file (the converter reads both)
+            record["out"] = str(out)
         model.save(out)
         shutil.copyfile(scaler_path, out.with_suffix(".scaler.json"))
+        if calibration:  # convert the accepted model and score its int8 model on the gate machines too
+            record["gate"]["after_int8"], record["bundle"] = _int8_scores(out, calibration, gate_lives, offset, scale)
     elif out.exists():
         out.unlink()  # an older accepted model under this name must not be taken for this run's
     (out.parent / "update.json").write_text(json.dumps(record, indent=2))
