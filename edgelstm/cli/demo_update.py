@@ -64,8 +64,8 @@ def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epoc
         print(f"      edgelstm dataset {logs}/*.csv --events {events} --out {data}: {dataset.report['labelled_lives']} "
               f"labelled lives, {dataset.report['labelled_cycles']} cycles")
         gate, replay = out / "gate.npz", out / "base.npz"
-        cmapss_update.gate_dataset().save(gate)
-        cmapss_update.base_dataset().save(replay)
+        cmapss_update.part_dataset("gate").save(gate)
+        cmapss_update.part_dataset("base").save(replay)
         print("[4/6] edgelstm finetune ...", flush=True)
         new_model = out / "updated.keras"
         # the base engines replayed (without them the update learnt the field machines and forgot the rest:

@@ -6,7 +6,7 @@ The 100 run-to-failure training engines are split once, with a fixed seed, into
   (:func:`train_base`: the recipe's LSTM 64/32 member, its scaler fitted on these engines only);
 - 40 **field** engines: machines in service, played through the simulator, the bridge and the
   int8 runtime to failure, their readings logged by the bridge (the device side of the loop);
-- 20 **gate** engines: held out for the update's decision (:func:`gate_dataset`).
+- 20 **gate** engines: held out for the update's decision (:func:`part_dataset`).
 
 The FD001 test set (100 engines cut before failure, truth in ``RUL_FD001.txt``) scores the
 models before and after, and is never used to choose anything.
@@ -59,31 +59,19 @@ def train_base(epochs: int = 40, seed: int = 0, verbose: int = 0) -> tuple:
     return model, scaler
 
 
-def gate_dataset():
-    """The gate engines as an ``edgelstm dataset`` (raw readings, capped RUL per cycle)."""
+def part_dataset(part: str):
+    """One part's engines as an ``edgelstm dataset`` (raw readings, capped RUL per cycle): ``gate``
+    decides the update; ``base`` is what the first model was trained on (replayed in the fine-tune
+    so that it does not forget them)."""
     from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS
     from edgelstm.learn.dataset import Dataset
 
     data = cmapss.load()
-    parts = split(len(data["train"].sequences))
-    sequences = [data["train"].sequences[i] for i in parts["gate"]]
+    engines = split(len(data["train"].sequences))[part]
+    sequences = [data["train"].sequences[i] for i in engines]
     return Dataset(features=list(CMAPSS_FD001_SENSORS), sequences=sequences, targets=cmapss.train_targets(sequences),
-                   devices=[f"gate{i}" for i in parts["gate"]], report={"source": "C-MAPSS FD001 training engines",
-                                                                         "engines": parts["gate"]})
-
-
-def base_dataset():
-    """The base engines as an ``edgelstm dataset``: what the first model was trained on (replayed
-    in the fine-tune so that it does not forget them)."""
-    from edgelstm.convert.calibration_data import CMAPSS_FD001_SENSORS
-    from edgelstm.learn.dataset import Dataset
-
-    data = cmapss.load()
-    parts = split(len(data["train"].sequences))
-    sequences = [data["train"].sequences[i] for i in parts["base"]]
-    return Dataset(features=list(CMAPSS_FD001_SENSORS), sequences=sequences, targets=cmapss.train_targets(sequences),
-                   devices=[f"base{i}" for i in parts["base"]], report={"source": "C-MAPSS FD001 training engines",
-                                                                         "engines": parts["base"]})
+                   devices=[f"{part}{i}" for i in engines], report={"source": "C-MAPSS FD001 training engines",
+                                                                   "engines": engines})
 
 
 def field_engines() -> list:
