@@ -60,3 +60,18 @@ def cmapss_bundle(tmp_path_factory):
         "--eval", TEST_SET, "--formats", "tflite,onnx", "--quant", "int8,float32", "--out", out, "--quiet",
     )
     return out
+
+
+class ListSink:
+    """A sink that keeps every event in a list (the gateway and model-update tests read them)."""
+
+    name = "list"
+
+    def __init__(self):
+        self.events = []
+
+    def emit(self, event):
+        self.events.append(event)
+
+    def close(self):
+        return None

@@ -28,20 +28,7 @@ from firmware_bridge.config import load_config
 from firmware_bridge.simulator import Faults, Simulator, cmapss_units
 from firmware_bridge.transport import PtyLink
 
-from .conftest import ROOT
-
-
-class ListSink:
-    name = "list"
-
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def close(self):
-        return None
+from .conftest import ROOT, ListSink
 
 
 @pytest.fixture(scope="module")

@@ -29,20 +29,7 @@ from firmware_bridge.bridge import Bridge, Device
 from firmware_bridge.simulator import Simulator, cmapss_units
 from firmware_bridge.transport import PtyLink
 
-from .conftest import ROOT
-
-
-class ListSink:
-    name = "list"
-
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def close(self):
-        return None
+from .conftest import ROOT, ListSink
 
 
 def _variant(source, target, bundle_id: str, default_model: str):
