@@ -75,3 +75,24 @@ class ListSink:
 
     def close(self):
         return None
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a metrics endpoint under test)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float) -> bool:
+    """Poll ``condition()`` until true or ``timeout`` seconds pass: a wait with a deadline, not a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -28,12 +26,18 @@ from firmware_bridge.config import load_config
 from firmware_bridge.simulator import Faults, Simulator, cmapss_units
 from firmware_bridge.transport import PtyLink
 
-from .conftest import ROOT, ListSink
+from .conftest import ROOT, ListSink, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
 def engines():
     return cmapss_units([1, 2, 3, 4, 5, 6])  # FD001 test engines: 31, 49, 126, 106, 98, 105 readings
+
+
+def _all_accounted(bridge, truths) -> bool:
+    """Every reading each device sent has an outcome, nothing in flight."""
+    return all(link.ledger["total"] == truth.readings and link.ledger["outcomes"]["in_flight"] == 0
+               for link, truth in zip(bridge.links, truths))
 
 
 def _play_all(links, simulators, **play):
@@ -58,8 +62,7 @@ def test_each_device_gets_the_predictions_of_a_runtime_of_its_own(cmapss_bundle,
         # different lengths and rates: the devices' readings interleave differently in every batch
         sequences = [engines[0], engines[1], engines[2]]
         truths = _play_all(links, [Simulator([s], rate=rate) for s, rate in zip(sequences, (150, 400, 1000))])
-        assert bridge.wait(lambda: all(link.ledger["total"] == truth.readings and link.ledger["outcomes"]["in_flight"] == 0
-                                       for link, truth in zip(bridge.links, truths)), 20)
+        assert bridge.wait(lambda: _all_accounted(bridge, truths), 20)
         bridge.stop()
     finally:
         for link in links:
@@ -89,8 +92,7 @@ def test_a_bad_reading_of_one_device_is_its_own_and_the_others_step(cmapss_bundl
         for link in links:
             assert link.wait_for_reader(10)
         truths = _play_all(links, [Simulator([engines[4]], rate=500), Simulator([bad], rate=500)])
-        assert bridge.wait(lambda: all(link.ledger["total"] == truth.readings and link.ledger["outcomes"]["in_flight"] == 0
-                                       for link, truth in zip(bridge.links, truths)), 20)
+        assert bridge.wait(lambda: _all_accounted(bridge, truths), 20)
         bridge.stop()
     finally:
         for link in links:
@@ -103,12 +105,6 @@ def test_a_bad_reading_of_one_device_is_its_own_and_the_others_step(cmapss_bundl
     assert "feature 's4'" in rejected[0]["reason"] or "feature" in rejected[0]["reason"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _healthz(port: int) -> dict:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
@@ -117,20 +113,11 @@ def _healthz(port: int) -> dict:
         return json.load(failing)
 
 
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def test_three_devices_from_a_config_each_accounted_for_and_an_unplug_stalls_no_other(cmapss_bundle, engines, tmp_path):
     """The issue's test: three pty devices (simulator) behind one ``edgelstm bridge --config``;
     every reading of each device accounted for per device (good, bad, dropped); one device
     unplugged and replugged while the others keep streaming."""
-    metrics = _free_port()
+    metrics = free_port()
     links = {name: PtyLink() for name in ("pumpA", "pumpB", "pumpC")}
     devices = "".join(f'\n[[devices]]\nname = "{name}"\nport = "{link.path}"\nprotocol = "frame"\n' for name, link in links.items())
     config = tmp_path / "gateway.toml"
@@ -152,11 +139,11 @@ def test_three_devices_from_a_config_each_accounted_for_and_an_unplug_stalls_no_
         def unplug_b():
             # unplugged once the bridge has what was sent (what a pty holds at an unplug is lost, and
             # counted: tests/test_ledger.py); here every reading must be stepped, so the count is exact
-            _wait(lambda: stepped("pumpB") >= simulators["pumpB"].truth.sent, 10)
+            wait_until(lambda: stepped("pumpB") >= simulators["pumpB"].truth.sent, 10)
             links["pumpB"].unplug()
             before = {name: stepped(name) for name in ("pumpA", "pumpC")}
             # the others go on while pumpB is away: 50 more readings each (0.25 s at their rate)
-            moved = _wait(lambda: all(stepped(name) >= before[name] + 50 for name in before), 20)
+            moved = wait_until(lambda: all(stepped(name) >= before[name] + 50 for name in before), 20)
             health = _healthz(metrics)
             seen_while_unplugged.setdefault("moved", []).append(moved)
             seen_while_unplugged["pumpB"] = health["devices"]["pumpB"]["status"]
@@ -175,7 +162,7 @@ def test_three_devices_from_a_config_each_accounted_for_and_an_unplug_stalls_no_
         for thread in plays.values():
             thread.join(120)
         truths = {name: sim.truth for name, sim in simulators.items()}
-        assert _wait(lambda: all(d["readings"]["total"] == truths[name].readings and d["readings"]["outcomes"]["in_flight"] == 0
+        assert wait_until(lambda: all(d["readings"]["total"] == truths[name].readings and d["readings"]["outcomes"]["in_flight"] == 0
                                  for name, d in _healthz(metrics)["devices"].items()), 30), _healthz(metrics)
         health = _healthz(metrics)
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()

@@ -15,9 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -29,7 +27,7 @@ from firmware_bridge.bridge import Bridge, Device
 from firmware_bridge.simulator import Simulator, cmapss_units
 from firmware_bridge.transport import PtyLink
 
-from .conftest import ROOT, ListSink
+from .conftest import ROOT, ListSink, free_port, wait_until
 
 
 def _variant(source, target, bundle_id: str, default_model: str):
@@ -75,21 +73,6 @@ def engines():
     return cmapss_units()  # the 100 FD001 test engines: 13,096 readings
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 def test_ten_swaps_at_1khz_per_device_lose_no_reading_and_step_none_twice(bundles, engines):
     links = [PtyLink(), PtyLink()]
     sink = ListSink()
@@ -111,13 +94,13 @@ def test_ten_swaps_at_1khz_per_device_lose_no_reading_and_step_none_twice(bundle
 
         for swap in range(10):  # every 800 readings (0.4 s at 2 x 1 kHz), alternately to float32 and back to int8
             mark = stepped()
-            assert _wait(lambda: stepped() >= mark + 800, 10)
+            assert wait_until(lambda: stepped() >= mark + 800, 10)
             bridge.request_update(bundles["float" if swap % 2 == 0 else "int8"]).join(30)
-            assert _wait(lambda: bridge.updates["applied"] == swap + 1, 10), bridge.updates
+            assert wait_until(lambda: bridge.updates["applied"] == swap + 1, 10), bridge.updates
             swapped_at.append(stepped())
         for play in plays:
             play.join(60)
-        assert _wait(lambda: all(bridge.link(n).ledger["outcomes"]["in_flight"] == 0 and bridge.link(n).ledger["total"] == 5000
+        assert wait_until(lambda: all(bridge.link(n).ledger["outcomes"]["in_flight"] == 0 and bridge.link(n).ledger["total"] == 5000
                                  for n in ("pump1", "pump2")), 20), [bridge.link(n).ledger for n in ("pump1", "pump2")]
         bridge.stop()
     finally:
@@ -164,7 +147,7 @@ def test_a_bundle_that_fails_its_hash_is_refused_and_the_running_model_goes_on(b
         before = bridge.runtime.bundle.bundle_id
         bridge.request_update(bundles["broken"]).join(30)
         Simulator([engines[0]], rate=1000).play(link.write)
-        assert _wait(lambda: bridge.ledger["outcomes"]["stepped"] == len(engines[0]), 10)
+        assert wait_until(lambda: bridge.ledger["outcomes"]["stepped"] == len(engines[0]), 10)
         health = bridge.health()
         bridge.stop()
     finally:
@@ -186,11 +169,11 @@ def test_another_state_layout_restarts_every_stream_and_says_so(bundles, other_l
         for link in links:
             assert link.wait_for_reader(10)
         Simulator([engines[0]], rate=1000).play(links[0].write)
-        assert _wait(lambda: bridge.link("a").stats.readings_stepped == len(engines[0]), 10)
+        assert wait_until(lambda: bridge.link("a").stats.readings_stepped == len(engines[0]), 10)
         bridge.request_update(other_layout).join(60)
-        assert _wait(lambda: bridge.updates["applied"] == 1, 10)
+        assert wait_until(lambda: bridge.updates["applied"] == 1, 10)
         Simulator([engines[1]], rate=1000).play(links[1].write)
-        assert _wait(lambda: bridge.link("b").stats.readings_stepped == len(engines[1]), 10)
+        assert wait_until(lambda: bridge.link("b").stats.readings_stepped == len(engines[1]), 10)
         bridge.stop()
     finally:
         for link in links:
@@ -206,7 +189,7 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
     current = tmp_path / "current"
     current.symlink_to(bundles["int8"])
     link = PtyLink()
-    metrics = _free_port()
+    metrics = free_port()
     bridge = subprocess.Popen([sys.executable, "-m", "edgelstm", "bridge", "--port", link.path, "--bundle", str(current),
                                "--sink", f"csv:{tmp_path / 'out.csv'}", "--sink", f"prometheus:{metrics}",
                                "--watch-bundle", "0.2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -219,7 +202,7 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
             return json.load(failing)
 
     def stepped(count):
-        return _wait(lambda: health()["readings"]["outcomes"]["stepped"] >= count, 30)
+        return wait_until(lambda: health()["readings"]["outcomes"]["stepped"] >= count, 30)
 
     try:
         assert link.wait_for_reader(60)
@@ -228,11 +211,11 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
         swap = tmp_path / "next"
         swap.symlink_to(bundles["float"])
         os.replace(swap, current)  # a new bundle placed at the path, atomically; the watcher notices it
-        assert _wait(lambda: health()["model_updates"]["applied"] == 1, 30)
+        assert wait_until(lambda: health()["model_updates"]["applied"] == 1, 30)
         Simulator([engines[1]], rate=500).play(link.write)
         assert stepped(len(engines[0]) + len(engines[1]))
         bridge.send_signal(signal.SIGHUP)  # systemctl reload: the same path loaded again
-        assert _wait(lambda: health()["model_updates"]["applied"] == 2, 30)
+        assert wait_until(lambda: health()["model_updates"]["applied"] == 2, 30)
         Simulator([engines[2]], rate=500).play(link.write)
         assert stepped(sum(len(e) for e in engines[:3]))
     finally:
