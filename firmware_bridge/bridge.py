@@ -1,7 +1,8 @@
 """The bridge: serial bytes -> frames -> the runtime's ``step`` -> sinks, for one device or many.
 
-One reader thread per device (:class:`~firmware_bridge.device_link.DeviceLink`: port,
-decoder, reconnects), one bounded queue they all feed, and one **worker** that takes readings
+Each device a :class:`~firmware_bridge.device_link.DeviceLink` (port, decoder, reconnects, its
+counts), one thread that reads every device port at once and gathers their readings
+(:class:`~firmware_bridge.port_reader.PortReader`), one bounded queue, and one **worker** that takes readings
 in order, steps the runtime (its public ``step`` and ``step_streams``, the only runtime API
 the bridge uses), evaluates each device's alarm rules and hands every event to the sinks.
 
@@ -37,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .device_link import RESET, BridgeStats, Device, DeviceLink
+from .port_reader import PortReader
+from .reading_queue import ReadingQueue
 
 __all__ = ["Bridge", "BridgeStats", "Device"]
 
@@ -76,8 +79,9 @@ class Bridge:
         #: readings, so one Invoke steps several (stepping one stream of K costs the restore of the
         #: K-1 others: docs/runtime.md); never longer once every device has one waiting
         self.gather = gather if len(devices) > 1 else 0.0
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue = ReadingQueue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._reader = PortReader(self._queue, self._stop, self.gather)
         self.links = [DeviceLink(d, k, runtime.n_features, runtime.output_size, self._queue, self._stop, alarms=alarms,
                                  backoff=backoff, open_timeout=open_timeout, reset_on_reconnect=reset_on_reconnect)
                       for k, d in enumerate(devices)]
@@ -153,8 +157,9 @@ class Bridge:
             if bind:
                 bind(self)
         self._worker = threading.Thread(target=self._work_loop, name="bridge-worker", daemon=True)
+        self._reader.start()
         for link in self.links:
-            link.start()
+            link.start(self._reader)
         self._worker.start()
         if self.watch:
             threading.Thread(target=self._watch_loop, name="bridge-bundle-watch", daemon=True).start()
@@ -163,8 +168,12 @@ class Bridge:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, step what is queued, flush and close sinks, save the state."""
         self._stop.set()
-        threads = [link.thread for link in self.links] + ([self._worker] if self._worker else [])
+        self._reader.wake()
         deadline = time.monotonic() + timeout
+        if self._reader.thread.ident is not None:  # first: once it has stopped it hands no port back
+            self._reader.thread.join(timeout)
+        threads = [self._reader.thread] + [link.thread for link in self.links if link.thread is not None]
+        threads += [self._worker] if self._worker else []
         for thread in threads:
             if thread.ident is not None:
                 thread.join(max(deadline - time.monotonic(), 0.0))
@@ -452,16 +461,17 @@ class Bridge:
                 self._step_batch(batch)
 
     def _gather(self, pending: collections.deque, limit: int) -> None:
-        """Add what else has arrived, waiting up to :attr:`gather` for the other devices."""
-        get, get_nowait = self._queue.get, self._queue.get_nowait
-        deadline = time.monotonic() + self.gather
+        """Add what else has arrived, waiting for the other devices until :attr:`gather` after
+        the first reading arrived (the shared reader has gathered already: its batches come
+        complete, or that late, and are not held again)."""
+        get = self._queue.get
+        first = next((arrived for _, _, arrived in pending if arrived), time.monotonic_ns())
+        deadline = first / 1e9 + self.gather
         everyone = len(self.links)
         while len(pending) < limit:
-            try:
-                pending.append(get_nowait())
-                continue
-            except queue.Empty:
-                pass
+            pending.extend(self._queue.get_all_nowait(limit - len(pending)))
+            if len(pending) >= limit:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0 or len({stream for stream, _, _ in pending}) == everyone:
                 return

@@ -7,8 +7,10 @@ a slow sink can never stall a serial link and no loss is silent. When the port f
 unplugged) it closes it, counts the disconnect and reopens it with exponential backoff; the
 decoder keeps its sequence across the gap, so readings lost while unplugged are counted.
 
-Each device has its own reader thread: one device unplugged, slow or babbling never stalls
-another. What happens to a reading after the queue (stepped, rejected, failed) is counted
+Ports that are file descriptors (device paths, ptys) are read by the gateway's one shared
+:class:`~firmware_bridge.port_reader.PortReader`; other pyserial URLs (``loop://``,
+``socket://``) by a thread of the link's own. Opening and reconnecting always happen in the
+link's own thread: one device unplugged, slow or babbling never stalls another. What happens to a reading after the queue (stepped, rejected, failed) is counted
 here too, by the bridge's worker, so every device has a ledger of its own.
 """
 
@@ -87,8 +89,9 @@ class DeviceLink:
         self._queue = shared_queue
         self._stop = stop
         self._port = None
-        self.done = threading.Event()  # the reader has finished
-        self.thread = threading.Thread(target=self._read_loop, name=f"bridge-reader-{self.name}", daemon=True)
+        self._reader = None
+        self.done = threading.Event()  # this link is read no more (stopped, or its port stayed away)
+        self.thread: threading.Thread | None = None  # the thread that opens (and, off the shared reader, reads) the port
 
     # ---------------------------------------------------------------- counts
     @property
@@ -116,8 +119,21 @@ class DeviceLink:
         return out
 
     # ---------------------------------------------------------------- reader
-    def start(self) -> None:
+    def start(self, reader=None) -> None:
+        """Open the port (in a thread of this link's own, with backoff) and read it: handed to
+        ``reader`` (a :class:`~firmware_bridge.port_reader.PortReader`) when it can serve the
+        port, else read by that thread."""
+        self._reader = reader
+        self._spawn(reconnecting=False)
+
+    def _spawn(self, reconnecting: bool) -> None:
+        self.thread = threading.Thread(target=self._serve, args=(reconnecting,), name=f"bridge-link-{self.name}",
+                                       daemon=True)
         self.thread.start()
+
+    def lost(self) -> None:
+        """The shared reader found the port gone: count it and reconnect in a thread of this link's."""
+        self._spawn(reconnecting=True)
 
     def _open(self) -> bool:
         delay = self.backoff[0]
@@ -142,26 +158,44 @@ class DeviceLink:
             except (serial.SerialException, OSError):
                 pass
 
-    def _read_loop(self) -> None:
+    def _serve(self, reconnecting: bool) -> None:
+        """Open (again, after a loss), then hand the port to the shared reader or read it here;
+        after a loss here, reconnect. ``done`` is set when this link stops being read (stopped,
+        or the port stayed away longer than ``open_timeout``), unless the shared reader has it."""
+        handed = False
         try:
-            if not self._open():
-                return
-            while not self._stop.is_set():
-                try:
-                    data = self._port.read(max(1, self._port.in_waiting))
-                except (serial.SerialException, OSError, TypeError, AttributeError):
-                    if not self._reconnect():
-                        return  # stopped, or the port stayed away longer than open_timeout
-                    continue
-                if data:
-                    try:
-                        frames = self.decoder.feed(data)
-                    except Exception as exc:  # a decoder bug must not stop the reading
-                        self.error = exc
-                        continue
-                    self._enqueue(frames)
+            while True:
+                if reconnecting:
+                    self._count_loss()
+                if not self._open():
+                    return
+                if reconnecting:
+                    self.stats.reconnects += 1
+                if self._reader is not None and self._reader.attach(self):
+                    handed = True
+                    return
+                self._read_here()
+                if self._stop.is_set():
+                    return
+                reconnecting = True
         finally:
-            self.done.set()
+            if not handed:
+                self.done.set()
+
+    def _read_here(self) -> None:
+        """Read the port until it fails or the bridge stops (ports the shared reader cannot serve)."""
+        while not self._stop.is_set():
+            try:
+                data = self._port.read(max(1, self._port.in_waiting))
+            except (serial.SerialException, OSError, TypeError, AttributeError):
+                return
+            if data:
+                try:
+                    frames = self.decoder.feed(data)
+                except Exception as exc:  # a decoder bug must not stop the reading
+                    self.error = exc
+                    continue
+                self._enqueue(frames)
 
     def _enqueue(self, frames) -> None:
         put, stream = self._queue.put_nowait, self.stream
@@ -179,13 +213,11 @@ class DeviceLink:
         except queue.Full:
             self.stats.resets_lost += 1
 
-    def _reconnect(self) -> bool:
+    def _count_loss(self) -> None:
+        """The port failed: count the disconnect, close it, keep the decoder's sequence across
+        the gap (readings lost while unplugged are counted) and restart the stream if asked."""
         self.stats.disconnects += 1
         self.close_port()
-        self.decoder.resync()  # the sequence carries on: frames lost while unplugged are counted
+        self.decoder.resync()
         if self.reset_on_reconnect:
             self.request_reset()
-        if self._open():
-            self.stats.reconnects += 1
-            return True
-        return False
