@@ -3,8 +3,11 @@
     python bench/gateway.py [--devices 16] [--rate 100] [--seconds 10] [--repeats 5]
 
 Each repeat runs, one after the other, on the same readings (FD001 test engines, each device
-its own offset): the gateway from a config file with ``gather_ms = 5`` (the default), the
-gateway with ``gather_ms = 0`` (step whatever has arrived), and the baseline a gateway replaces:
+its own offset): the gateway from a config file with ``gather_ms = 5`` (the default), with the
+devices sending in step (all 16 readings of a period at once) and spread (device k sends k/16 of
+a period after device 0, as devices with clocks of their own do: the reader then wakes for
+almost every reading), the gateway with ``gather_ms = 0`` (step whatever has arrived; in step),
+and the baseline a gateway replaces:
 one single-device ``edgelstm bridge`` process per device (one systemd instance each), CPU
 summed. The devices are pty pairs fed by one writer thread in this process. The bridge's CPU
 time (user + system, from ``/proc/PID/stat``) is taken over ``--seconds`` after every device
@@ -44,11 +47,12 @@ def _cpu_seconds(pid: int) -> float:
 class Devices:
     """``n`` pty devices, one writer thread sending each a frame every ``1/rate`` s."""
 
-    def __init__(self, n: int, rate: float, readings: np.ndarray):
+    def __init__(self, n: int, rate: float, readings: np.ndarray, spread: bool = False):
         from firmware_bridge.transport import PtyLink
 
         self.links = [PtyLink() for _ in range(n)]
         self.rate, self.readings = rate, readings
+        self.spread = spread  # device k sends k/n of a period after device 0 (independent clocks), not all at once
         self.sent = [0] * n
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write, daemon=True)
@@ -62,13 +66,14 @@ class Devices:
         from firmware_bridge.protocol import encode_frame
 
         period, n = 1.0 / self.rate, len(self.readings)
+        offsets = [k * period / len(self.links) if self.spread else 0.0 for k in range(len(self.links))]
         next_time = time.monotonic()
         while not self._stop.is_set():
             next_time += period
-            delay = next_time - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
             for k, link in enumerate(self.links):
+                delay = next_time + offsets[k] - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
                 sequence = self.sent[k]
                 link.write(encode_frame(sequence & 0xFFFF, sequence * 10_000, self.readings[(997 * k + sequence) % n]))
                 self.sent[k] += 1
@@ -127,14 +132,15 @@ def main(argv=None) -> int:
     bundle = args.bundle or _bundle()
     readings = np.concatenate(load_cmapss()["test"].sequences).astype(np.float32)
     command = [sys.executable, "-m", "edgelstm", "bridge"]
-    kinds = ("gateway, gather 5 ms", "gateway, gather 0", f"{args.devices} single-device bridges")
+    kinds = ("gateway, gather 5 ms", "gateway, gather 5 ms, spread", "gateway, gather 0",
+             f"{args.devices} single-device bridges")
     shares = {kind: [] for kind in kinds}
     print(f"bundle {bundle}, {args.devices} devices x {args.rate:g} readings/s, {args.seconds:g} s measured, {args.repeats} repeats")
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             for kind in kinds:
-                devices = Devices(args.devices, args.rate, readings)
+                devices = Devices(args.devices, args.rate, readings, spread=kind.endswith("spread"))
                 try:
                     if kind.startswith("gateway"):
                         gather = 5 if "5 ms" in kind else 0
@@ -150,7 +156,7 @@ def main(argv=None) -> int:
                 finally:
                     devices.close()
         print(f"  repeat {repeat + 1}: " + ", ".join(f"{kind} {shares[kind][-1] * 100:.1f} %" for kind in kinds), flush=True)
-    baseline = shares[kinds[2]]
+    baseline = shares[kinds[-1]]
     print(f"\n{'':>34}{'share of one core (min / median / max)':>42}{'ratio to baseline (min / med / max)':>38}")
     for kind in kinds:
         values = np.array(shares[kind]) * 100

@@ -515,8 +515,9 @@ class Bridge:
             with self.lock:
                 results, elapsed = self._run(batch)
                 monitor_events = self.runtime.events()
+            now = time.time()
             for (stream, frame, arrived), link, (values, refused) in zip(batch, links, results):
-                self._outcome(link, frame, arrived, values, refused, elapsed)
+                self._outcome(link, frame, arrived, values, refused, elapsed, now)
             self._monitor_events(monitor_events, {stream: frame for stream, frame, _ in batch})
         except Exception as exc:  # counted and kept; the worker carries on with the next reading
             self.worker_errors += 1
@@ -538,14 +539,14 @@ class Bridge:
             except Exception as exc:  # the runtime's InputError under the "error" policy, and anything else
                 return [(None, str(exc))], 0.0
             elapsed = time.perf_counter() - start
-            values = [float(v) for v in np.ravel(y)]
+            values = np.ravel(y).tolist()
             skipped = runtime.counters["rejected"] != rejected_before
             if values and values[0] != values[0] and skipped:  # NaN: the runtime skipped a bad reading
                 return [(None, "bad reading skipped")], elapsed
             return [(values, None)], elapsed
         streams = [stream for stream, _, _ in batch]
         try:
-            readings = np.stack([np.asarray(frame.values, np.float32) for _, frame, _ in batch])
+            readings = np.array([frame.values for _, frame, _ in batch], np.float32)
             start = time.perf_counter()
             y = runtime.step_streams(readings, streams)
             elapsed = time.perf_counter() - start
@@ -554,18 +555,17 @@ class Bridge:
                 return [(None, str(exc))], 0.0
             results = [self._run([item]) for item in batch]
             return [one for result, _ in results for one in result], max(seconds for _, seconds in results)
-        refused = runtime.last_rejected
-        return [(None, "bad reading skipped") if refused[row] else ([float(v) for v in y[row]], None)
-                for row in range(len(batch))], elapsed
+        refused = runtime.last_rejected.tolist()
+        return [(None, "bad reading skipped") if gone else (row, None) for row, gone in zip(y.tolist(), refused)], elapsed
 
-    def _outcome(self, link: DeviceLink, frame, arrived_ns: int, values, refusal, elapsed: float) -> None:
+    def _outcome(self, link: DeviceLink, frame, arrived_ns: int, values, refusal, elapsed: float, now: float) -> None:
         stats = link.stats
         if values is None:
             stats.readings_rejected += 1
             self._emit({"event": "rejected", "device": link.name, "seq": frame.sequence, "reason": refusal})
             return
         stats.readings_stepped += 1
-        stats.last_good_reading = time.time()
+        stats.last_good_reading = now
         if values and values[0] != values[0]:
             if self.runtime.window:  # a good reading, but the runtime's window is still filling
                 event = {"event": "filling", "device": link.name, "seq": frame.sequence, "t_device_us": frame.timestamp_us,

@@ -86,6 +86,10 @@ class Frame:
     version: int = VERSION
 
 
+#: ``zlib.crc32(payload + crc32(payload) as u32 little-endian)`` for every payload: a frame's check in one call
+_CRC32_RESIDUE = 0x2144DF1C
+
+
 def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -180,26 +184,35 @@ class FrameDecoder:
     _last_time: int = 0
     _pending_corrupt: int = 0  # corrupted runs since the last good frame, not yet matched to missing numbers
     _recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RESTART_WINDOW))
+    _recent_set: set = field(default_factory=set)
 
     def feed(self, data: bytes) -> list:
         """Decode what ``data`` completes; keep the unfinished tail for the next call."""
         self.counters.bytes += len(data)
+        runs = data.split(b"\x00")
+        if len(runs) == 1:  # no delimiter: all of it continues the current run
+            self._append(data)
+            return []
         frames = []
-        start = 0
-        while True:
-            end = data.find(b"\x00", start)
-            if end < 0:
-                self._append(data[start:])
-                return frames
-            self._append(data[start:end])
-            if self._overflowing:
-                self._overflowing = False  # the oversized run ends here; already counted
-            elif self._buffer:
-                frame = self._decode(bytes(self._buffer))
-                if frame is not None:
-                    frames.append(frame)
-            self._buffer.clear()
-            start = end + 1
+        # the first run continues what the buffer holds; the ones between delimiters are whole
+        self._append(runs[0])
+        if self._overflowing:
+            self._overflowing = False  # the oversized run ends here; already counted
+        elif self._buffer:
+            self._decode_into(bytes(self._buffer), frames)
+        self._buffer.clear()
+        for run in runs[1:-1]:
+            if len(run) > self.max_frame:
+                self.counters.oversized += 1
+            elif run:
+                self._decode_into(run, frames)
+        self._append(runs[-1])  # the unfinished tail
+        return frames
+
+    def _decode_into(self, encoded: bytes, frames: list) -> None:
+        frame = self._decode(encoded)
+        if frame is not None:
+            frames.append(frame)
 
     def _append(self, chunk: bytes) -> None:
         if self._overflowing or not chunk:
@@ -218,11 +231,11 @@ class FrameDecoder:
             return self._corrupted("malformed")
         if len(raw) < 5:
             return self._corrupted("malformed")
-        payload, (crc,) = raw[:-4], struct.unpack("<I", raw[-4:])
-        if crc32(payload) != crc:
+        # the CRC-32 of a payload followed by its own CRC (little-endian) is always this residue
+        if zlib.crc32(raw) != _CRC32_RESIDUE:
             return self._corrupted("crc_failed")
         try:
-            frame = decode_payload(payload)
+            frame = decode_payload(raw[:-4])
         except ValueError:
             return self._corrupted("malformed")
         return self._account(frame)
@@ -238,7 +251,7 @@ class FrameDecoder:
         counters, last = self.counters, self._last_sequence
         restarted = bool(frame.flags & RESTARTED)
         if restarted:
-            self._recent.clear()
+            self._forget_recent()
         elif last is not None and self._is_repeat(frame, last):
             counters.duplicates += 1
             return None
@@ -262,15 +275,27 @@ class FrameDecoder:
         counters.noise += self._pending_corrupt - corrupt
         self._pending_corrupt = 0
         self._last_sequence, self._last_time = frame.sequence, frame.timestamp_us
-        self._recent.append((frame.sequence, frame.timestamp_us))
+        self._remember((frame.sequence, frame.timestamp_us))
         counters.good += 1
         return frame
+
+    def _remember(self, key: tuple) -> None:
+        """The last :data:`RESTART_WINDOW` frames' (sequence, time), a deque for their order and a set to look them up."""
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._recent_set.discard(recent[0])
+        recent.append(key)
+        self._recent_set.add(key)
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_set.clear()
 
     def _is_repeat(self, frame: Frame, last: int) -> bool:
         """A frame seen already: the same sequence and device time as one of the last
         :data:`RESTART_WINDOW` frames; without a clock (time 0), a sequence at most that far behind."""
         if frame.timestamp_us:
-            return (frame.sequence, frame.timestamp_us) in self._recent
+            return (frame.sequence, frame.timestamp_us) in self._recent_set
         behind = (last - frame.sequence) & 0xFFFF
         return behind <= RESTART_WINDOW
 
@@ -289,7 +314,7 @@ class FrameDecoder:
         self._last_sequence = None
         self._last_time = 0
         self._pending_corrupt = 0
-        self._recent.clear()
+        self._forget_recent()
         self.resync()
 
 

@@ -170,19 +170,25 @@ def test_reset_on_reconnect_restarts_the_stream(cmapss_bundle, units):
     assert np.array_equal(np.array([e["y"][0] for e in sink.predictions()[10:]], np.float32), fresh)
 
 
-def test_full_queue_is_counted_never_silent(cmapss_bundle, units):
+@pytest.mark.parametrize("port", ["loop://", "pty"])
+def test_full_queue_is_counted_never_silent(cmapss_bundle, units, port):
+    """Both readers: a link's own thread (loop://) and the shared selector thread (a pty)."""
     class SlowSink(ListSink):
         def emit(self, event):
             time.sleep(0.01)
             super().emit(event)
 
     sink = SlowSink()
-    bridge = _start(Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink], queue_size=4))
-    bridge._port.write(b"".join(encode_frame(i, i, v) for i, v in enumerate(units[0][:30])))
-    assert bridge.wait(lambda: bridge.stats.readings_queued + bridge.stats.queue_overflow == 30, 5)
-    bridge.stop()
+    wire = b"".join(encode_frame(i, i, v) for i, v in enumerate(units[0][:30]))
+    with PtyLink() as link:
+        bridge = _start(Bridge(link.path if port == "pty" else port, edgelstm.load(cmapss_bundle), sinks=[sink], queue_size=4))
+        assert bridge.wait(lambda: bridge._port is not None, 5)
+        (link.write if port == "pty" else bridge._port.write)(wire)
+        assert bridge.wait(lambda: bridge.stats.readings_queued + bridge.stats.queue_overflow == 30, 5)
+        bridge.stop()
     assert bridge.stats.queue_overflow > 0
     assert len(sink.predictions()) + bridge.stats.queue_overflow == 30
+    assert bridge.ledger["outcomes"]["stepped"] + bridge.ledger["outcomes"]["queue_overflow"] == 30
 
 
 def test_csv_file_sink_and_prometheus_endpoint(cmapss_bundle, units, tmp_path):

@@ -397,21 +397,29 @@ class StreamRuntime:
             fast = x.shape == self._reading_shape and x.dtype.kind == "f"
         except AttributeError:
             fast = False
-        if fast and self._plain and (y := self._bounded(x)) is not None:
-            self._total += 1
-            # NaN reaches the output at once; an infinite cell state may hide behind a saturated
-            # tanh, so the state itself is looked at every STATE_CHECK_EVERY steps
-            if self._float_state and (not self._total % STATE_CHECK_EVERY or not _isfinite(y.reshape(-1).dot(self._ones_y))):
-                y = self._repair_state(y)
-            if self.monitor is not None:
-                self.monitor.observe(x)
-            if self._last_good is not None:
-                self._last_good[...] = x
+        if fast and self._plain and (y := self._fast_step(x)) is not None:
             if self._single:
                 return self._y_row if y is self._y_stable else y[0]
             return y
         y = self._checked_step(x)
         return y[0] if (self._single and np.ndim(x) == 1) else y
+
+    def _fast_step(self, x: np.ndarray):
+        """Every stream's reading at once, float, the expected shape: stepped and the outputs
+        returned, or ``None`` (nothing stepped) when a value is not finite or beyond the bound."""
+        y = self._bounded(x)
+        if y is None:
+            return None
+        self._total += 1
+        # NaN reaches the output at once; an infinite cell state may hide behind a saturated
+        # tanh, so the state itself is looked at every STATE_CHECK_EVERY steps
+        if self._float_state and (not self._total % STATE_CHECK_EVERY or not _isfinite(y.reshape(-1).dot(self._ones_y))):
+            y = self._repair_state(y)
+        if self.monitor is not None:
+            self.monitor.observe(x)
+        if self._last_good is not None:
+            self._last_good[...] = x
+        return y
 
     def step_streams(self, readings, streams) -> np.ndarray:
         """Step only some streams: one reading for each stream in ``streams`` (indices, no
@@ -426,26 +434,33 @@ class StreamRuntime:
         :attr:`last_rejected` says which of the given readings were refused (their outputs
         are NaN), so a caller can tell a refused reading from a window still filling."""
         index = np.asarray(streams, dtype=np.int64).reshape(-1)
-        if index.size == 0:
+        count = index.size
+        if count == 0:
             return np.empty((0, self.output_size), np.float32)
-        if index.min() < 0 or index.max() >= self.streams or len(np.unique(index)) != index.size:
+        idle = np.ones(self.streams, bool)
+        if index.min() < 0 or index.max() >= self.streams:
+            raise ValueError(f"streams {index.tolist()}: indices 0..{self.streams - 1}, each at most once")
+        idle[index] = False
+        if self.streams - np.count_nonzero(idle) != count:
             raise ValueError(f"streams {index.tolist()}: indices 0..{self.streams - 1}, each at most once")
         try:
             array = np.asarray(readings, dtype=np.float32)
         except (ValueError, TypeError) as exc:
             raise InputError(f"readings are not an array of numbers ({exc})") from None
-        if array.ndim == 1 and index.size == 1:
+        if array.ndim == 1 and count == 1:
             array = array.reshape(1, -1)
-        if array.shape != (index.size, self.n_features):
-            raise InputError(f"readings have shape {array.shape}; expected ({index.size}, {self.n_features}) "
+        if array.shape != (count, self.n_features):
+            raise InputError(f"readings have shape {array.shape}; expected ({count}, {self.n_features}) "
                              f"for streams {index.tolist()}")
         if self.vocabulary:
             raise InputError("step_streams() takes feature readings; token models step all streams with step()")
-        every = index.size == self.streams and np.array_equal(index, np.arange(self.streams))
-        idle = np.ones(self.streams, bool)
-        idle[index] = False
         values = np.empty((self.streams, self.n_features), np.float32)
         values[index] = array
+        if count == self.streams and self._plain:  # every stream has a reading: the plain step when all are good
+            y = self._fast_step(values[0] if self._single else values)
+            if y is not None:
+                self.last_rejected = np.zeros(count, bool)
+                return y.reshape(self.streams, -1)[index]
         with np.errstate(invalid="ignore", over="ignore"):
             bad = ~np.isfinite(values)
             if self._limit is not None:
@@ -453,8 +468,8 @@ class StreamRuntime:
         bad[idle] = False
         rejected = np.zeros(self.streams, bool)
         self.last_rejected = rejected[index]
-        if every and not bad.any():  # every stream has a good reading: the plain step
-            return np.array(self.step(array if not self._single else array[0]), np.float32).reshape(self.streams, -1)
+        if count == self.streams and not bad.any():  # every stream has a good reading (a window model): the plain step
+            return np.array(self.step(values if not self._single else values[0]), np.float32).reshape(self.streams, -1)[index]
         if bad.any():
             stream, feature = (int(v) for v in np.argwhere(bad)[0])
             if self.on_bad_input == "error":
