@@ -163,3 +163,39 @@ def test_evaluation_cadence_on_clean_readings(cmapss_bundle, engines):
     regular = len(range(first, len(engine) + 1, t.every))
     windows = len([k for k in range(t.window, len(engine) + 1, t.window) if k % t.every])
     assert runtime.health()["evaluations"] == regular + windows
+
+
+def test_a_flag_up_does_not_keep_the_monitor_on_its_full_look(cmapss_bundle, engines, monkeypatch):
+    """A stuck sensor or a drifting one used to send every evaluation to the full look (+94 % and
+    +133 % of ``step()``); the full look is now skipped when it would change no flag. The drift
+    and stuck events are exactly those of a monitor that always looks in full, and the full
+    looks are counted: fewer than one in 200 readings on a stuck sensor, one in 40 on a drifting one."""
+    from edgelstm.runtime.monitor import DriftMonitor
+
+    std = np.asarray(edgelstm.load(cmapss_bundle).bundle.manifest["input"]["reference"]["std"])
+    readings = np.concatenate(engines[:40]).astype(np.float32)
+    stuck = np.repeat(readings[:1], 3000, axis=0)
+    drifting = readings[:3000].copy()
+    drifting[:, OFFSET_SENSOR] += (np.arange(3000) % 1000) * (3 * std[OFFSET_SENSOR] / 100)  # away, back, away ...
+
+    def run(data, always_full: bool):
+        if always_full:
+            monkeypatch.setattr(DriftMonitor, "_flags_hold", lambda self: False)
+        else:
+            monkeypatch.undo()
+        runtime = edgelstm.load(cmapss_bundle)
+        looks = []
+        examine = runtime.monitor._examine
+        runtime.monitor._examine = lambda *a: (looks.append(1), examine(*a))[1]
+        events = []
+        for t, reading in enumerate(data):
+            runtime.step(reading)
+            events += [(t, e["event"], e.get("feature")) for e in runtime.events() if e["event"] != "saturation"
+                       and e["event"] != "saturation_clear"]  # int8 state saturation is sampled once per window
+        return events, len(looks)
+
+    for data, most in ((stuck, 3000 / 200), (drifting, 3000 / 40)):
+        full_events, full_looks = run(data, always_full=True)
+        events, looks = run(data, always_full=False)
+        assert events == full_events and any(kind in ("stuck", "drift") for _, kind, _ in events)
+        assert looks < most < full_looks, (looks, full_looks)
