@@ -665,11 +665,38 @@ class StreamRuntime:
         self._total += 1
         return self._nan_output
 
+    def _state_rows(self):
+        """``(arena, byte indices per stream)`` over every state tensor (batch first, C order, one
+        compact region: :func:`~edgelstm.runtime.steppers.arena_view`), so that saving and
+        restoring some streams' state is one indexed read and one write instead of two numpy
+        calls per tensor (a gateway steps a subset of its streams on most calls); ``None`` when
+        the tensors do not allow it."""
+        state = self._stepper.state
+        cached = getattr(self, "_state_rows_cache", None)
+        if cached is None or cached[0] is not state:
+            from .steppers import arena_view
+
+            found = None
+            if state and all(a.ndim >= 1 and a.shape[0] == self.streams for a in state):
+                found = arena_view(state)
+            rows = None
+            if found is not None:
+                arena, offsets = found
+                rows = arena, np.concatenate([o.reshape(self.streams, -1) for o in offsets], axis=1)
+            cached = self._state_rows_cache = (state, rows)
+        return cached[1]
+
     def _step_some(self, values, rows_bad, counted=None) -> np.ndarray:
         """Step only the good rows: the other rows' state (and window) is put back after the
         call. ``counted``: the rows that count as rejected (default: all of ``rows_bad``; idle
         rows of :meth:`step_streams` do not)."""
-        saved = [s[rows_bad].copy() for s in self._stepper.state]
+        arena_rows = self._state_rows()
+        if arena_rows is not None:  # one fancy-indexed read of every state tensor's idle rows
+            arena, per_stream = arena_rows
+            where = per_stream[rows_bad].reshape(-1)
+            saved = arena[where]
+        else:
+            saved = [s[rows_bad].copy() for s in self._stepper.state]
         if self.window:
             saved_ring, saved_filled = self._ring[rows_bad].copy(), self._filled[rows_bad].copy()
         good = ~rows_bad
@@ -678,8 +705,11 @@ class StreamRuntime:
         values = values.copy()
         values[rows_bad] = 0 if self.vocabulary else self._offset  # any valid reading; its effect is undone below
         y = self._advance(values, rows_bad).copy()
-        for array, rows in zip(self._stepper.state, saved):
-            array[rows_bad] = rows
+        if arena_rows is not None:
+            arena[where] = saved
+        else:
+            for array, rows in zip(self._stepper.state, saved):
+                array[rows_bad] = rows
         if self.window:
             self._ring[rows_bad], self._filled[rows_bad] = saved_ring, saved_filled
         y[rows_bad] = np.nan
