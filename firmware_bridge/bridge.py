@@ -11,7 +11,7 @@ stream ``k``. The worker takes whatever readings have arrived (at most one per d
 call, each device's readings in its order) and steps them with one ``step_streams`` call, one
 Invoke for every device that has a new reading; the other devices' state is untouched.
 Devices keep their own names (in events, MQTT topics, metrics labels), alarm rules, ledgers
-and health; one device unplugged never stalls the others (its reader waits, theirs read).
+and health; one device unplugged never stalls the others (its link reconnects, theirs read).
 
 Model updates (:meth:`Bridge.request_update`: SIGHUP, ``systemctl reload``, or a new bundle
 placed at the bundle's path, which the bridge watches): the new bundle is loaded beside the

@@ -1,4 +1,4 @@
-"""One device's side of the bridge: its serial port, its decoder, its counts and its reader thread.
+"""One device's side of the bridge: its serial port, its decoder, its counts, its reconnects.
 
 A :class:`DeviceLink` reads whatever its port has, decodes it (``frame`` or ``csv``) and puts
 each reading on the bridge's shared queue as ``(stream, reading, arrived_ns)`` without ever
