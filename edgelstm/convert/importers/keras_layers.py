@@ -15,12 +15,14 @@ from typing import Callable
 import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
+from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
 from edgelstm.model.network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
                        Network, Pooling1DLayer, RepeatVectorLayer, fold_affine_layers)
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
 SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bidirectional(LSTM|GRU)", "Dense",
+                    "Activation (linear, or after a linear Dense)",
                     "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
                     "BatchNormalization") + IDENTITY_LAYERS
 #: Layers a later version may convert.
@@ -129,7 +131,7 @@ def check_supported(layers: list) -> None:
             if layer.config.get("mask_zero"):
                 raise UnsupportedLayerError(f"{layer.where()}: mask_zero=True (masking) is not supported")
             continue
-        if cls in ("InputLayer", "Dense") or cls in IDENTITY_LAYERS:
+        if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS:
             continue
         raise UnsupportedLayerError(
             f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
@@ -167,7 +169,10 @@ def _recurrent(layer: KerasLayer, class_name: str, cfg: dict, weights: list, ker
         go_backwards=bool(cfg.get("go_backwards", False)),
     )
     if class_name == "GRU":
-        reset_after = bool(cfg.get("reset_after", True))
+        # Keras before 2.1.? had no reset_after (and reset before the matrix); tf.keras defaults to
+        # True: without the option, the bias says which (two rows: after)
+        implied = weights[2].ndim == 2 if use_bias and len(weights) > 2 else True
+        reset_after = bool(cfg.get("reset_after", implied))
         _check_shape(layer, "recurrent_kernel", weights[1], (units, 3 * units))
         if not use_bias:
             bias, recurrent_bias = np.zeros(3 * units, np.float32), np.zeros(3 * units, np.float32)
@@ -204,7 +209,12 @@ def build_network(
         cls = layer.class_name
         if cls == "InputLayer" or cls in IDENTITY_LAYERS:
             continue
+        if cls == "Activation":
+            lowered.append(_activation(layer, lowered, keras_major))
+            continue
         weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
+        if cls in RECURRENT_CLASSES:
+            weights = merge_recurrent_weights(cls, weights, keras_major)
         cfg = layer.config
         try:
             if cls in RECURRENT_CLASSES:
@@ -264,7 +274,7 @@ def build_network(
                 f"{source_name}: {layer.where()}: weights or config incomplete ({exc!r} missing); "
                 "the file may be truncated"
             ) from None
-    lowered = fold_affine_layers(lowered)
+    lowered = fold_affine_layers([layer for layer in lowered if layer is not None])
     if not lowered:
         raise UnsupportedLayerError(f"{source_name}: the model has no layer with weights")
     token_model = isinstance(lowered[0], EmbeddingLayer)
@@ -290,6 +300,21 @@ def build_network(
         repeats = [layer.times for layer in lowered if isinstance(layer, RepeatVectorLayer)]
         network.window = window or declared_length or (repeats[0] if repeats else None)
     return network.validate()
+
+
+def _activation(layer: KerasLayer, lowered: list, keras_major: int):
+    """An ``Activation`` layer: nothing for ``linear``; folded into the Dense before it when that
+    Dense is linear (Keras 2-era models write ``Dense(1), Activation('sigmoid')``); else refused."""
+    name = activation_name(layer.config.get("activation"), keras_major, layer, "activation")
+    if name == "linear":
+        return None
+    previous = lowered[-1] if lowered else None
+    if isinstance(previous, DenseLayer) and previous.activation == "linear":
+        previous.activation = name
+        return None
+    raise UnsupportedLayerError(
+        f"{layer.where()}: Activation('{name}') is supported after a Dense with a linear activation (or as "
+        f"'linear'), not after {type(previous).__name__ if previous else 'the input'}")
 
 
 def _check_shape(layer: KerasLayer, what: str, array: np.ndarray, expected: tuple) -> None:
@@ -363,13 +388,18 @@ def _inbound_names(nodes) -> list:
 
 def layers_from_model_config(model_config: dict, keras_major: int, source_name: str) -> tuple:
     """Return ``(chain of KerasLayer, declared input shape or None)`` from a model's JSON config."""
+    if not isinstance(model_config, dict):
+        raise ModelFormatError(f"{source_name}: the model config is a {type(model_config).__name__}, not an object")
     cls = model_config.get("class_name")
     config = model_config.get("config") or {}
     if cls not in ("Sequential", "Functional", "Model"):
         raise UnsupportedLayerError(f"{source_name}: top-level object is a {cls}, not a Sequential or functional model")
-    raw_layers = config.get("layers")
+    raw_layers = sequential_layers(config) if cls == "Sequential" else (config.get("layers") if isinstance(config, dict) else None)
     if not isinstance(raw_layers, list):
         raise ModelFormatError(f"{source_name}: model config has no 'layers' list")
+    for position, raw in enumerate(raw_layers):
+        if not isinstance(raw, dict) or not isinstance(raw.get("config", {}), dict):
+            raise ModelFormatError(f"{source_name}: layer {position} of the config is not a layer object ({str(raw)[:80]!r})")
     if cls != "Sequential":
         raw_layers = chain_from_functional(raw_layers, keras_major, source_name)
     declared = None
@@ -379,6 +409,7 @@ def layers_from_model_config(model_config: dict, keras_major: int, source_name: 
         layer_cls = raw.get("class_name")
         layer_cfg = raw.get("config") or {}
         name = layer_cfg.get("name") or raw.get("name") or f"layer_{position}"
+        layer_cls, layer_cfg = upgrade_layer(layer_cls, layer_cfg, keras_major, f"layer {position} '{name}' ({layer_cls})")
         if layer_cls in ("Sequential", "Functional", "Model"):
             raise UnsupportedLayerError(
                 f"{source_name}: layer {position} '{name}' is a nested model ({layer_cls}); flatten it into one chain"
