@@ -38,11 +38,16 @@ def _window_cases(keras):
                              L.Conv1D(4, 2, padding="same", dilation_rate=1), L.LSTM(8), L.Dense(1)],
         "conv1d_valid_strided": [L.Conv1D(5, 4, strides=2), L.GRU(6, reset_after=False), L.Dense(2)],
         "go_backwards": [L.LSTM(8, go_backwards=True, return_sequences=True), L.GRU(4, go_backwards=True), L.Dense(1)],
+        "global_average_pooling": [L.Conv1D(6, 3, activation="relu"), L.GRU(8, return_sequences=True),
+                                   L.GlobalAveragePooling1D(), L.Dense(1)],
+        "global_max_pooling": [L.LSTM(8, return_sequences=True), L.GlobalMaxPooling1D(), L.Dense(2),
+                               L.Activation("sigmoid")],
     }
 
 
 @pytest.mark.parametrize("case", ["bidirectional_lstm", "bidirectional_gru_sum_sequences", "autoencoder",
-                                  "conv1d_front_end", "conv1d_valid_strided", "go_backwards"])
+                                  "conv1d_front_end", "conv1d_valid_strided", "go_backwards", "global_average_pooling",
+                                  "global_max_pooling"])
 def test_window_model_float_exports_match_keras(keras, tmp_path, case):
     """Every window kind, unrolled, in float TFLite and ONNX: within 1e-5 of Keras."""
     import onnxruntime
@@ -71,7 +76,7 @@ def window_calibration(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("case", ["bidirectional_lstm", "autoencoder", "conv1d_front_end"])
+@pytest.mark.parametrize("case", ["bidirectional_lstm", "autoencoder", "conv1d_front_end", "global_average_pooling"])
 def test_window_models_convert_to_int8_and_stream(keras, tmp_path, window_calibration, case):
     """int8 TFLite and ONNX, the int8 error in the report, and the runtime's window mode:
     NaN until the window is full, then the model's output over the last T readings (an

@@ -25,6 +25,8 @@ def _models(keras):
     yield "no_bias", keras.Sequential([inp(), L.LSTM(8, use_bias=False, return_sequences=True), L.LSTM(4, use_bias=False)])
     for act in ("linear", "relu", "sigmoid", "tanh", "swish", "silu", "gelu", "softmax"):
         yield f"dense_{act}", keras.Sequential([inp(), L.LSTM(8), L.Dense(5, activation=act)])
+    yield "dense_then_activation", keras.Sequential([inp(), L.LSTM(8), L.Dense(3), L.Activation("softmax"),
+                                                     L.Activation("linear")])
     yield "time_distributed", keras.Sequential(
         [inp(), L.LSTM(8, return_sequences=True), L.TimeDistributed(L.Dense(4, activation="relu")), L.Dense(2)]
     )

@@ -17,13 +17,14 @@ import numpy as np
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
 from edgelstm.model.network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
-                       Network, Pooling1DLayer, RepeatVectorLayer, fold_affine_layers)
+                       Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers)
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
 SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bidirectional(LSTM|GRU)", "Dense",
                     "Activation (linear, or after a linear Dense)",
                     "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
+                    "GlobalAveragePooling1D", "GlobalMaxPooling1D",
                     "BatchNormalization") + IDENTITY_LAYERS
 #: Layers a later version may convert.
 NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking")
@@ -117,6 +118,11 @@ def check_supported(layers: list) -> None:
                 raise UnsupportedLayerError(f"{layer.where()}: only padding='valid', channels_last pooling is supported")
             continue
         if cls == "RepeatVector":
+            continue
+        if cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+            cfg = layer.config
+            if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims"):
+                raise UnsupportedLayerError(f"{layer.where()}: only channels_last, keepdims=False global pooling is supported")
             continue
         if cls == "BatchNormalization":
             axis = layer.config.get("axis", -1)
@@ -265,6 +271,10 @@ def build_network(
                         activation=activation_name(dense_cfg.get("activation"), keras_major, layer, "activation"),
                     )
                 )
+            elif cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+                declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
+                lowered.extend(_global_pooling(layer, [x for x in lowered if x is not None], window or declared_length,
+                                               declared_features))
             elif cls == "BatchNormalization":
                 lowered.append(_batch_norm(layer, weights))
             elif cls == "Embedding":
@@ -300,6 +310,34 @@ def build_network(
         repeats = [layer.times for layer in lowered if isinstance(layer, RepeatVectorLayer)]
         network.window = window or declared_length or (repeats[0] if repeats else None)
     return network.validate()
+
+
+def _global_pooling(layer: KerasLayer, lowered: list, window, declared_features) -> list:
+    """Global average or max pooling over time as the window layers already lowered everywhere
+    (numpy reference, TFLite and ONNX window graphs): one pooling window as long as the sequence
+    at that point, then its one timestep (the sequence becomes a vector). Needs that length: the
+    model's declared input length or ``--window``."""
+    if not window:
+        raise UnsupportedLayerError(
+            f"{layer.where()}: global pooling needs a fixed window: a model with a declared input length "
+            "(keras.Input((T, features))) or edgelstm convert --window T")
+    length = int(window)
+    for previous in lowered:
+        if isinstance(previous, (LSTMLayer, GRULayer, BidirectionalLayer)) and not previous.return_sequences:
+            length = None
+        elif isinstance(previous, (Conv1DLayer, Pooling1DLayer)):
+            length = previous.output_length(length) if length else length
+        elif isinstance(previous, RepeatVectorLayer):
+            length = previous.times
+        elif isinstance(previous, TimestepLayer):
+            length = None
+    if not length or length < 1:
+        raise UnsupportedLayerError(f"{layer.where()}: its input is not a sequence (a recurrent layer before it "
+                                    "has return_sequences=False)")
+    size = lowered[-1].output_size if lowered else int(declared_features[-1])
+    mode = "max" if layer.class_name.startswith("GlobalMax") else "average"
+    return [Pooling1DLayer(f"{layer.name}/pool", mode, length, length, int(size)),
+            TimestepLayer(f"{layer.name}/step", 0, int(size))]
 
 
 def _activation(layer: KerasLayer, lowered: list, keras_major: int):
