@@ -86,13 +86,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(condition, timeout: float) -> bool:
-    """Poll ``condition()`` until true or ``timeout`` seconds pass: a wait with a deadline, not a fixed sleep."""
+def wait_until(condition, timeout: float, every: float = 0.01) -> bool:
+    """Poll ``condition()`` every ``every`` seconds until true or ``timeout`` seconds pass: a wait
+    with a deadline, not a fixed sleep (``every``: for a condition that costs a query)."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.01)
+        time.sleep(every)
     return condition()

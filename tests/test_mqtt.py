@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -17,18 +16,14 @@ from firmware_bridge.protocol import encode_frame
 from firmware_bridge.simulator import cmapss_units
 from firmware_bridge.sinks import MqttSink
 
+from .conftest import free_port, wait_until
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
     def __init__(self, directory):
-        self.port = _free_port()
+        self.port = free_port()
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\n"
@@ -38,14 +33,9 @@ class Broker:
 
     def start(self):
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        if not wait_until(lambda: _port_open(self.port), 10, every=0.05):
+            raise RuntimeError("mosquitto did not start")
+        return self
 
     def stop(self):
         self.process.terminate()
@@ -78,15 +68,6 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def _wait(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.fixture()
 def broker(tmp_path):
     if not shutil.which("mosquitto") and not shutil.os.path.exists(MOSQUITTO):
@@ -107,18 +88,18 @@ def test_predictions_and_alarms_reach_the_broker_and_survive_an_outage(broker, c
     assert bridge.wait(lambda: bridge._port is not None, 5)
     engine = cmapss_units([3])[0]
     bridge._port.write(b"\x00" + b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[:10])))
-    assert _wait(lambda: len(subscriber.messages) >= 11, 10)  # 10 predictions + 1 alarm
+    assert wait_until(lambda: len(subscriber.messages) >= 11, 10)  # 10 predictions + 1 alarm
     topics = {topic for topic, _ in subscriber.messages}
     assert topics == {"plant/pump7/prediction", "plant/pump7/alarm"}
     first = [m for t, m in subscriber.messages if t.endswith("prediction")][0]
     assert first["seq"] == 0 and len(first["y"]) == 1
 
     broker.stop()  # the broker goes away; the bridge keeps stepping and paho queues QoS 1 messages
-    assert _wait(lambda: not sink.connected.is_set(), 10)
+    assert wait_until(lambda: not sink.connected.is_set(), 10)
     bridge._port.write(b"".join(encode_frame(i, i, v) for i, v in enumerate(engine[10:25], start=10)))
     assert bridge.wait(lambda: bridge.stats.readings_stepped == 25, 5)
     broker.start()
-    assert _wait(lambda: len([1 for t, _ in subscriber.messages if t.endswith("prediction")]) >= 25, 20)
+    assert wait_until(lambda: len([1 for t, _ in subscriber.messages if t.endswith("prediction")]) >= 25, 20)
     bridge.stop()
     subscriber.close()
     sequences = sorted({m["seq"] for t, m in subscriber.messages if t.endswith("prediction")})
@@ -138,7 +119,7 @@ def test_tls_and_password_through_the_bridge_cli_options(tmp_path, cmapss_bundle
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
         "-extfile", "san.ext", "-out", "server.crt")
     run("mosquitto_passwd", "-b", "-c", "passwords", "pi7", "s3cret")
-    port = _free_port()
+    port = free_port()
     (tmp_path / "tls.conf").write_text(
         f"listener {port} 127.0.0.1\nuser root\nallow_anonymous false\npassword_file {tmp_path}/passwords\n"
         f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n"
@@ -146,7 +127,7 @@ def test_tls_and_password_through_the_bridge_cli_options(tmp_path, cmapss_bundle
     log = open(tmp_path / "mosquitto.log", "w")
     broker = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "tls.conf")], stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert _wait(lambda: _port_open(port), 10), (tmp_path / "mosquitto.log").read_text()
+        assert wait_until(lambda: _port_open(port), 10), (tmp_path / "mosquitto.log").read_text()
         import argparse
 
         from firmware_bridge.cli import build_sinks
@@ -159,7 +140,7 @@ def test_tls_and_password_through_the_bridge_cli_options(tmp_path, cmapss_bundle
         bad = argparse.Namespace(**dict(vars(args), sink=[f"mqtts://pi7:wrong@127.0.0.1:{port}/plant"]))
         (refused,) = build_sinks(bad, runtime, "pump9")
         assert not refused.connected.wait(2)
-        assert _wait(lambda: refused.refused is not None, 5) and "authori" in refused.refused.lower()
+        assert wait_until(lambda: refused.refused is not None, 5) and "authori" in refused.refused.lower()
         refused.client.loop_stop()
         sink.emit({"event": "prediction", "device": "pump9", "seq": 0, "y": [1.0]})
         sink.close()
@@ -199,7 +180,7 @@ def _port_open(port) -> bool:
 def test_no_broker_at_start_up_is_refused_naming_the_cause(cmapss_bundle):
     from .conftest import run_cli
 
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     result = run_cli("bridge", "--port", "loop://", "--bundle", cmapss_bundle, "--sink", f"mqtt://127.0.0.1:{port}/plant",
                      "--duration", "1", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -215,9 +196,9 @@ def test_messages_the_broker_never_took_wait_in_the_spool_and_go_first_at_the_ne
     sink = MqttSink(port=broker.port, prefix="plant", device="pump7", spool=spool)
     sink.check()
     sink.emit({"event": "prediction", "device": "pump7", "seq": 0, "y": [1.0]})
-    assert _wait(lambda: len(subscriber.messages) == 1, 10)
+    assert wait_until(lambda: len(subscriber.messages) == 1, 10)
     broker.stop()
-    assert _wait(lambda: not sink.connected.is_set(), 10)
+    assert wait_until(lambda: not sink.connected.is_set(), 10)
     for seq in range(1, 16):
         sink.emit({"event": "prediction", "device": "pump7", "seq": seq, "y": [float(seq)]})
     sink.close()
@@ -228,7 +209,7 @@ def test_messages_the_broker_never_took_wait_in_the_spool_and_go_first_at_the_ne
     again = MqttSink(port=broker.port, prefix="plant", device="pump7", spool=spool)
     again.check()  # connects, then sends the spool before anything new
     again.emit({"event": "prediction", "device": "pump7", "seq": 16, "y": [16.0]})
-    assert _wait(lambda: len({m["seq"] for _, m in subscriber.messages}) == 17, 20)
+    assert wait_until(lambda: len({m["seq"] for _, m in subscriber.messages}) == 17, 20)
     again.close()
     subscriber.close()
     assert again.spooled == 0 and again.undelivered() == 0 and spool.read_text() == ""
@@ -243,7 +224,7 @@ def test_a_full_spool_drops_and_counts(broker, tmp_path):
     sink = MqttSink(port=broker.port, prefix="plant", device="pump8", spool=spool, max_queued=5)
     sink.check()
     broker.stop()
-    assert _wait(lambda: not sink.connected.is_set(), 10)
+    assert wait_until(lambda: not sink.connected.is_set(), 10)
     for seq in range(8):
         sink.emit({"event": "prediction", "device": "pump8", "seq": seq, "y": [0.0]})
     sink.close()

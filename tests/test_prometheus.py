@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 
@@ -19,13 +18,7 @@ from firmware_bridge.protocol import encode_frame
 from firmware_bridge.simulator import cmapss_units
 from firmware_bridge.sinks import PrometheusSink
 
-from .conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import ROOT, free_port, wait_until
 
 
 def _query(port, expression):
@@ -59,14 +52,13 @@ def test_prometheus_scrapes_counters_latency_and_drift(cmapss_bundle, tmp_path):
     example = (ROOT / "firmware_bridge" / "monitoring" / "prometheus.yml").read_text()
     config.write_text(example.replace("scrape_interval: 5s", "scrape_interval: 1s").replace("127.0.0.1:9108", target)
                       .replace("rule_files:\n  - alerts.yml\n", ""))
-    web = _free_port()
+    web = free_port()
     server = subprocess.Popen(
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{web}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
         found = {}
         wanted = {
             "frames": 'edgelstm_frames_total{outcome="good"}',
@@ -74,7 +66,8 @@ def test_prometheus_scrapes_counters_latency_and_drift(cmapss_bundle, tmp_path):
             "psi": "edgelstm_input_psi",
             "stuck": 'edgelstm_input_stuck{feature="s12"} == 1',
         }
-        while time.monotonic() < deadline and len(found) < len(wanted):
+
+        def scraped() -> bool:
             for key, expression in wanted.items():
                 try:
                     result = _query(web, expression)
@@ -82,7 +75,9 @@ def test_prometheus_scrapes_counters_latency_and_drift(cmapss_bundle, tmp_path):
                     result = []
                 if result:
                     found[key] = result
-            time.sleep(0.5)
+            return len(found) == len(wanted)
+
+        wait_until(scraped, 60, every=0.5)
         assert set(found) == set(wanted), f"found only {sorted(found)}"
         assert float(found["frames"][0]["value"][1]) > 0
         assert found["frames"][0]["metric"]["device"] == "engine3"
@@ -99,25 +94,26 @@ def test_idle_connections_cannot_exhaust_the_metrics_endpoint(cmapss_bundle):
     drops idle clients after METRICS_IDLE_SECONDS, and answers a scrape again after that."""
     from firmware_bridge import sinks
 
-    port = _free_port()
+    port = free_port()
     sink = PrometheusSink(port=port)
     bridge = Bridge("loop://", edgelstm.load(cmapss_bundle), sinks=[sink]).start()
     try:
         before = threading.active_count()
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
-        deadline = time.monotonic() + 5  # the server takes what it can, then closes the rest at once
-        while threading.active_count() - before < sinks.METRICS_CONNECTIONS and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # the server takes what it can, then closes the rest at once
+        wait_until(lambda: threading.active_count() - before >= sinks.METRICS_CONNECTIONS, 5, every=0.05)
         assert threading.active_count() - before <= sinks.METRICS_CONNECTIONS
-        deadline = time.monotonic() + sinks.METRICS_IDLE_SECONDS + 10
-        while True:
+        body = []
+
+        def answered() -> bool:
             try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-                break
+                body.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read())
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "the endpoint stayed exhausted"
-                time.sleep(0.2)
-        assert b"edgelstm_frames" in body
+                return False
+
+        assert wait_until(answered, sinks.METRICS_IDLE_SECONDS + 10, every=0.2), "the endpoint stayed exhausted"
+        assert b"edgelstm_frames" in body[0]
         for connection in idle:
             connection.close()
     finally:

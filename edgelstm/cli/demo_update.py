@@ -34,7 +34,9 @@ RECIPE = ROOT / "calibration" / "cmapss-fd001.json"
 DEVICES = 4
 
 
-def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epochs: int = 40) -> int:
+def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epochs: int = 40, split_seed: int | None = None) -> int:
+    """The loop; ``split_seed``: another split of the training engines into base, field and gate
+    (default :data:`~edgelstm.recipes.cmapss_update.SPLIT_SEED`), for a sweep over splits."""
     from edgelstm.learn.dataset import make_dataset
     from edgelstm.learn.finetune import finetune
     from edgelstm.recipes import cmapss_update
@@ -42,9 +44,10 @@ def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epoc
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    print("edgelstm demo --update: the learning loop on C-MAPSS FD001", flush=True)
+    split_seed = cmapss_update.SPLIT_SEED if split_seed is None else split_seed
+    print(f"edgelstm demo --update: the learning loop on C-MAPSS FD001 (engine split seed {split_seed})", flush=True)
     print(f"[1/6] training the first model on {cmapss_update.BASE} FD001 training engines ({epochs} epochs) ...", flush=True)
-    model, scaler = cmapss_update.train_base(epochs=epochs)
+    model, scaler = cmapss_update.train_base(epochs=epochs, split_seed=split_seed)
     base_model, base_scaler = out / "base.keras", out / "base.scaler.json"
     model.save(base_model)
     base_scaler.write_text(json.dumps(scaler.to_json(), indent=2) + "\n")
@@ -55,7 +58,7 @@ def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epoc
     print(f"[2/6] {cmapss_update.FIELD} engines in service on {DEVICES} devices, run to failure through the bridge ...",
           flush=True)
     logs, events = out / "logs", out / "maintenance.csv"
-    bridge, links, field = _field(base_bundle, logs, events, rate)
+    bridge, links, field = _field(base_bundle, logs, events, rate, split_seed)
     try:
         print(f"      {field['readings']} readings, ledger: {field['ledger']}; events: {events}")
         print("[3/6] edgelstm dataset ...", flush=True)
@@ -64,8 +67,8 @@ def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epoc
         print(f"      edgelstm dataset {logs}/*.csv --events {events} --out {data}: {dataset.report['labelled_lives']} "
               f"labelled lives, {dataset.report['labelled_cycles']} cycles")
         gate, replay = out / "gate.npz", out / "base.npz"
-        cmapss_update.part_dataset("gate").save(gate)
-        cmapss_update.part_dataset("base").save(replay)
+        cmapss_update.part_dataset("gate", split_seed).save(gate)
+        cmapss_update.part_dataset("base", split_seed).save(replay)
         print("[4/6] edgelstm finetune ...", flush=True)
         new_model = out / "updated.keras"
         # the base engines replayed (without them the update learnt the field machines and forgot the rest:
@@ -93,7 +96,7 @@ def run_update_demo(out: Path, progress: bool = True, rate: float = 2000.0, epoc
     test = {"before": _score_test(base_bundle)}
     if record["accepted"]:
         test["after"] = _score_test(new_bundle)
-    record.update(test=test, field=field, swap=swap, seconds=round(time.perf_counter() - started, 1))
+    record.update(split_seed=split_seed, test=test, field=field, swap=swap, seconds=round(time.perf_counter() - started, 1))
     (out / "update.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     _print_table(record)
     print(f"update.json: {out / 'update.json'}; done in {time.perf_counter() - started:.0f} s")
@@ -107,7 +110,7 @@ def _convert(model: Path, scaler: Path, bundle: Path, progress: bool) -> None:
                            quant=["int8", "float32"], attribution_sequences=0, progress=False))
 
 
-def _field(bundle: Path, logs: Path, events: Path, rate: float) -> tuple:
+def _field(bundle: Path, logs: Path, events: Path, rate: float, split_seed: int) -> tuple:
     """Four devices, ten field engines each, through one gateway bridge that logs the readings."""
     import edgelstm
     from firmware_bridge.bridge import Bridge, Device
@@ -117,7 +120,7 @@ def _field(bundle: Path, logs: Path, events: Path, rate: float) -> tuple:
 
     from edgelstm.recipes import cmapss_update
 
-    engines = cmapss_update.field_engines()
+    engines = cmapss_update.field_engines(split_seed)
     logs.mkdir(parents=True, exist_ok=True)
     runtime = edgelstm.load(bundle, streams=DEVICES)
     sink = CsvFileSink(logs / "field.csv", runtime.output_size, readings=runtime.feature_names, rotate_bytes=2_000_000)

@@ -225,6 +225,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--update", action="store_true",
                    help="the learning loop instead: a first model on 40 training engines, 40 more run to failure through "
                         "the bridge with reading logs, dataset, gated fine-tune, convert, hot swap, test set before/after")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="with --update: another split of the 100 training engines into base, field and gate "
+                        "(default 2026)")
     p.set_defaults(handler=_run_demo)
 
 
@@ -232,7 +235,7 @@ def _run_demo(args) -> int:
     if args.update:
         from .demo_update import run_update_demo
 
-        return run_update_demo(args.out, progress=not args.quiet)
+        return run_update_demo(args.out, progress=not args.quiet, split_seed=args.split_seed)
     from .demo import run_demo
 
     return run_demo(args.out, progress=not args.quiet, engines=args.engines, rate=args.rate, retrain=args.retrain,

@@ -29,7 +29,7 @@ def split(n: int = 100, seed: int = SPLIT_SEED) -> dict:
             "gate": sorted(order[BASE + FIELD:BASE + FIELD + GATE].tolist())}
 
 
-def train_base(epochs: int = 40, seed: int = 0, verbose: int = 0) -> tuple:
+def train_base(epochs: int = 40, seed: int = 0, verbose: int = 0, split_seed: int = SPLIT_SEED) -> tuple:
     """The first model, trained on the base engines only: ``(keras model outputting cycles, scaler)``.
 
     The recipe's member configuration (LSTM 64 -> LSTM 32 -> Dense 1, GaussianNoise 0.2, dropout
@@ -40,7 +40,7 @@ def train_base(epochs: int = 40, seed: int = 0, verbose: int = 0) -> tuple:
     from edgelstm.runtime.normalization import Normalization
 
     data = cmapss.load()
-    parts = split(len(data["train"].sequences))
+    parts = split(len(data["train"].sequences), split_seed)
     raw = [data["train"].sequences[i] for i in parts["base"]]
     scaler = Normalization.fit("zscore", np.concatenate(raw))
     sequences = [scaler.apply(s) for s in raw]
@@ -59,7 +59,7 @@ def train_base(epochs: int = 40, seed: int = 0, verbose: int = 0) -> tuple:
     return model, scaler
 
 
-def part_dataset(part: str):
+def part_dataset(part: str, split_seed: int = SPLIT_SEED):
     """One part's engines as an ``edgelstm dataset`` (raw readings, capped RUL per cycle): ``gate``
     decides the update; ``base`` is what the first model was trained on (replayed in the fine-tune
     so that it does not forget them)."""
@@ -67,13 +67,13 @@ def part_dataset(part: str):
     from edgelstm.learn.dataset import Dataset
 
     data = cmapss.load()
-    engines = split(len(data["train"].sequences))[part]
+    engines = split(len(data["train"].sequences), split_seed)[part]
     sequences = [data["train"].sequences[i] for i in engines]
     return Dataset(features=list(CMAPSS_FD001_SENSORS), sequences=sequences, targets=cmapss.train_targets(sequences),
                    devices=[f"{part}{i}" for i in engines], report={"source": "C-MAPSS FD001 training engines",
                                                                    "engines": engines})
 
 
-def field_engines() -> list:
+def field_engines(split_seed: int = SPLIT_SEED) -> list:
     data = cmapss.load()
-    return [data["train"].sequences[i] for i in split(len(data["train"].sequences))["field"]]
+    return [data["train"].sequences[i] for i in split(len(data["train"].sequences), split_seed)["field"]]
