@@ -28,6 +28,8 @@ def add_commands(sub) -> None:
     f.add_argument("--calibration", type=Path, help="convert an accepted model with this calibration data (int8 TFLite, "
                                                      "OUT_bundle/) and score its int8 model on the gate machines too")
     f.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    f.add_argument("--warmup", type=int, default=0,
+                   help="epochs over which the learning rate rises to --lr; patience counts after them (default 0)")
     f.add_argument("--epochs", type=int, default=30, help="at most this many epochs (default 30)")
     f.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better validation RMSE")
     f.add_argument("--min-gain", type=float, default=0.0, help="accept only when the gate RMSE falls by more (cycles)")
@@ -57,7 +59,7 @@ def _run_finetune(args) -> int:
     from edgelstm.learn.finetune import finetune
 
     record = finetune(args.model, args.data, args.out, scaler_path=args.scaler, gate_path=args.gate,
-                      replay_path=args.replay, lr=args.lr,
+                      replay_path=args.replay, lr=args.lr, warmup=args.warmup,
                       epochs=args.epochs, patience=args.patience, min_gain=args.min_gain, seed=args.seed,
                       verbose=args.verbose, calibration=args.calibration)
     if args.json:
