@@ -42,6 +42,7 @@ class PortReader:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._arriving: list = []  # links handed over by their threads, registered by this one
         self._lock = threading.Lock()
+        self._finished = False
         self._served: dict = {}  # fd -> link
         self._batch: list = []
         self._batch_streams: set = set()
@@ -60,9 +61,11 @@ class PortReader:
     def attach(self, link) -> bool:
         """Serve ``link`` (its port open) from now on; False when this reader cannot (the port
         is no file descriptor, or the reader has stopped): the link reads it itself."""
-        if not self.serves(link._port) or not self.thread.is_alive() or self._stop.is_set():
+        if not self.serves(link._port):
             return False
-        with self._lock:
+        with self._lock:  # under the lock the thread takes to finish: a link is taken, or refused
+            if self._finished or self._stop.is_set() or not self.thread.is_alive():
+                return False
             self._arriving.append(link)
         self.wake()
         return True
@@ -92,6 +95,8 @@ class PortReader:
                                     or time.monotonic() - self._batch_started >= self.gather):
                     self._hand_on()
         finally:
+            with self._lock:
+                self._finished = True  # attach() refuses from here on; what arrived before is served below
             self._register_arrivals()
             self._hand_on()
             for fd, link in list(self._served.items()):
