@@ -36,10 +36,8 @@ class PortReader:
         self._queue = shared_queue
         self._stop = stop
         self.gather = gather
-        self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._selector = None  # made by start(): a bridge built and never started holds no descriptors
+        self._wake_read = self._wake_write = None
         self._arriving: list = []  # links handed over by their threads, registered by this one
         self._lock = threading.Lock()
         self._finished = False
@@ -55,6 +53,11 @@ class PortReader:
         return isinstance(port, serial.Serial) and getattr(port, "fd", None) is not None
 
     def start(self) -> "PortReader":
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)  # a full pipe already wakes the thread: never block on it
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self.thread.start()
         return self
 
@@ -71,11 +74,15 @@ class PortReader:
         return True
 
     def wake(self) -> None:
-        """Make the thread look at its hand-overs and the stop flag now."""
-        try:
-            os.write(self._wake_write, b"\x01")
-        except OSError:
-            pass
+        """Make the thread look at its hand-overs and the stop flag now (nothing once it has
+        finished: its pipe is closed, and the number may belong to another file by then)."""
+        with self._lock:
+            if self._finished or self._wake_write is None:
+                return
+            try:
+                os.write(self._wake_write, b"\x01")
+            except OSError:
+                pass
 
     # ---------------------------------------------------------------- the thread
     def _loop(self) -> None:
