@@ -181,6 +181,8 @@ class Replay:
                     result = [np.tanh(arg(ins[0]))]
                 elif name == "RELU":
                     result = [np.maximum(arg(ins[0]), 0.0)]
+                elif name == "RSQRT":  # LayerNormalization's 1 / sqrt(variance + epsilon)
+                    result = [1.0 / np.sqrt(arg(ins[0]))]
                 elif name == "SPLIT":
                     result = np.split(arg(ins[1]), len(op["outputs"]), axis=1)
                 elif name == "CONCATENATION":

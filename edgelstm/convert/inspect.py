@@ -207,6 +207,8 @@ def _layer_details(layer: dict) -> str:
         return f" x{layer['times']}"
     if kind == "pooling1d":
         return f" {layer['mode']} {layer['pool_size']}/{layer['strides']}"
+    if kind == "merge":
+        return f" {layer['mode']}"
     return f" {layer['activation']}" if "activation" in layer else ""
 
 
@@ -221,9 +223,10 @@ def format_inspection(result: dict) -> str:
             + f"; input: {network['n_features']} features per step; output: {network['output_size']} "
             f"({network['output_mode']}); {network['parameters']} parameters"
         )
-        for layer in network["layers"]:
+        for layer in network["layers"]:  # a graph: each layer says what it reads
+            reads = f" <- {', '.join('input' if n == '<input>' else n for n in layer['inputs'])}" if "inputs" in layer else ""
             lines.append(f"  {layer['kind']:<14}{layer['name']:<24}{layer['input_size']:>5} -> {layer['units']:<5}"
-                         f"{layer['parameters']:>8} params{_layer_details(layer)}")
+                         f"{layer['parameters']:>8} params{_layer_details(layer)}{reads}")
         if mode == "step":
             lines.append("  state: " + ", ".join(f"{s['name']}({s['size']})" for s in network["state"]))
     if result["kind"] == "bundle":

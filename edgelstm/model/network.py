@@ -312,6 +312,94 @@ class TimestepLayer:
 #: Layers only a window network has.
 WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer, TimestepLayer)
 
+#: What a :class:`MergeLayer` computes from its inputs (Keras' merge layers).
+MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
+
+
+@dataclass
+class MergeLayer:
+    """Several inputs of one timestep (or one sequence) combined into one, as Keras' merge layers:
+    ``add``, ``subtract`` (exactly two inputs), ``multiply``, ``average``, ``maximum``, ``minimum``
+    elementwise, or ``concatenate`` along the features. ``sizes`` are the inputs' feature counts.
+    Acts on each timestep alone, so a step network may hold it (a residual connection)."""
+
+    name: str
+    mode: str
+    sizes: tuple
+
+    kind = "merge"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return int(self.sizes[0])
+
+    @property
+    def output_size(self) -> int:
+        return int(sum(self.sizes)) if self.mode == "concatenate" else int(self.sizes[0])
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
+                "mode": self.mode, "sizes": [int(s) for s in self.sizes], "parameters": 0}
+
+
+@dataclass
+class LayerNormLayer:
+    """Layer normalization over the features of each timestep:
+    ``y = (x - mean(x)) / sqrt(var(x) + epsilon) * gamma + beta`` (Keras' ``LayerNormalization``
+    on the last axis, torch's ``nn.LayerNorm``). Per timestep: a step network may hold it."""
+
+    name: str
+    gamma: np.ndarray  # (features,)
+    beta: np.ndarray  # (features,)
+    epsilon: float = 1e-3
+
+    kind = "layer_norm"
+
+    @property
+    def input_size(self) -> int:
+        return int(self.gamma.shape[0])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.gamma.shape[0])
+
+    @property
+    def parameter_count(self) -> int:
+        return int(self.gamma.size + self.beta.size)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
+                "epsilon": float(self.epsilon), "parameters": self.parameter_count}
+
+
+@dataclass
+class ActivationLayer:
+    """An activation on its own (Keras' ``Activation`` where it cannot fold into a Dense before it)."""
+
+    name: str
+    activation: str
+    size: int
+
+    kind = "activation"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return self.size
+
+    @property
+    def output_size(self) -> int:
+        return self.size
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.size, "input_size": self.size,
+                "activation": self.activation, "parameters": 0}
+
+
+#: The model's input, as a layer's source in :attr:`Network.wiring`.
+INPUT = "<input>"
+
 
 @dataclass
 class DenseLayer:
@@ -401,12 +489,19 @@ class AffineLayer:
 
 
 Layer = Union[LSTMLayer, GRULayer, DenseLayer, EmbeddingLayer, BidirectionalLayer, RepeatVectorLayer, Conv1DLayer,
-              Pooling1DLayer, TimestepLayer]
+              Pooling1DLayer, TimestepLayer, MergeLayer, LayerNormLayer, ActivationLayer]
 
 
 @dataclass
 class Network:
-    """A chain of layers over an input of ``n_features`` per timestep.
+    """Layers over an input of ``n_features`` per timestep: a chain, or a graph (a DAG).
+
+    ``layers`` are in an order where each layer comes after its inputs; the last one gives the
+    network's output. ``wiring`` maps a layer's name to the names of the layers it reads (in
+    argument order; :data:`INPUT` is the model's input); ``None``, or a layer missing from it,
+    means the layer reads the one before it (a chain). Residual connections, parallel branches
+    and merges are graphs; a graph whose recurrent layers run forward in time and whose other
+    layers act per timestep is still a step network.
 
     ``output_mode`` is ``"last"`` when the source model outputs one value per sequence
     (its last recurrent layer has ``return_sequences=False``) and ``"sequence"`` when it
@@ -422,6 +517,44 @@ class Network:
     source_name: str = ""
     notes: list = field(default_factory=list)
     window: int | None = None  # window networks: the length they are unrolled over
+    wiring: dict | None = None  # layer name -> tuple of source names (graphs only)
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether every layer reads the one before it (the first reads the input)."""
+        previous = INPUT
+        for layer in self.layers:
+            if tuple(self.sources(layer, previous)) != (previous,):
+                return False
+            previous = layer.name
+        return True
+
+    def sources(self, layer, previous: str) -> tuple:
+        """The names of the values ``layer`` reads; ``previous`` is the name of the layer before it."""
+        found = (self.wiring or {}).get(layer.name)
+        return tuple(found) if found else (previous,)
+
+    def evaluate(self, value, apply):
+        """Run the network's data flow: ``apply(layer, inputs)`` for each layer in order, ``inputs``
+        the list of values its sources gave (the model input's is ``value``); returns the last
+        layer's value. The numpy reference, the exporters and :meth:`validate` all walk the graph
+        through this one function."""
+        values = {INPUT: value}
+        previous = INPUT
+        for layer in self.layers:
+            values[layer.name] = apply(layer, [values[name] for name in self.sources(layer, previous)])
+            previous = layer.name
+        return values[previous]
+
+    def consumers(self) -> dict:
+        """Value name -> the names of the layers reading it."""
+        readers: dict = {}
+        previous = INPUT
+        for layer in self.layers:
+            for name in self.sources(layer, previous):
+                readers.setdefault(name, []).append(layer.name)
+            previous = layer.name
+        return readers
 
     @property
     def input_kind(self) -> str:
@@ -453,29 +586,31 @@ class Network:
     def output_size(self) -> int:
         return self.layers[-1].output_size
 
+    def _shapes(self, check: bool = False):
+        """``(size, is_sequence, length)`` of the output, flowed through the graph (checked on the way
+        when ``check``: the refusals of :meth:`validate`)."""
+        positions = {layer.name: position for position, layer in enumerate(self.layers)}
+
+        def flow(layer, inputs):
+            if check:
+                where = f"layer {positions[layer.name]} '{layer.name}'"
+                if isinstance(layer, MergeLayer):
+                    _check_merge(layer, inputs, where)
+                else:
+                    _check_layer(self, layer, positions[layer.name], *inputs[0], where)
+            return shape_after(layer, inputs)
+
+        return self.evaluate((self.n_features, True, self.window), flow)
+
     @property
     def output_mode(self) -> str:
-        sequence = True
-        for layer in self.layers:
-            if isinstance(layer, RECURRENT + (BidirectionalLayer,)):
-                sequence = layer.return_sequences
-            elif isinstance(layer, RepeatVectorLayer):
-                sequence = True
-            elif isinstance(layer, TimestepLayer):
-                sequence = False
-        return "sequence" if sequence else "last"
+        return "sequence" if self._shapes()[1] else "last"
 
     def output_length(self) -> int | None:
         """Window networks with a sequence output: its number of timesteps."""
         if self.mode != "window" or self.output_mode != "sequence":
             return None
-        length = self.window
-        for layer in self.layers:
-            if isinstance(layer, (Conv1DLayer, Pooling1DLayer)):
-                length = layer.output_length(length)
-            elif isinstance(layer, RepeatVectorLayer):
-                length = layer.times
-        return length
+        return self._shapes()[2]
 
     @property
     def is_autoencoder(self) -> bool:
@@ -506,6 +641,14 @@ class Network:
         return sizes
 
     def describe(self) -> dict:
+        layers = []
+        previous = INPUT
+        for layer in self.layers:
+            entry = layer.describe()
+            if not self.is_chain:  # a graph: each layer names what it reads
+                entry["inputs"] = list(self.sources(layer, previous))
+            layers.append(entry)
+            previous = layer.name
         return {
             "n_features": self.n_features,
             "input_kind": self.input_kind,
@@ -516,8 +659,9 @@ class Network:
             "window": self.window,
             "output_length": self.output_length(),
             "autoencoder": self.is_autoencoder,
+            "graph": not self.is_chain,
             "parameters": self.parameter_count,
-            "layers": [layer.describe() for layer in self.layers],
+            "layers": layers,
             "state": [
                 {"name": name, "size": size}
                 for name, size in zip(self.state_names(), self.state_sizes())
@@ -525,74 +669,130 @@ class Network:
         }
 
     def validate(self) -> "Network":
-        """Check shapes chain up, activations are known and there is a recurrent layer; return self."""
+        """Check shapes connect, activations are known, the graph is well formed and there is a
+        recurrent layer; return self."""
+        what = self.source_name or "model"
         if not any(isinstance(layer, RECURRENT + (BidirectionalLayer,)) for layer in self.layers):
+            raise UnsupportedLayerError(f"{what}: no LSTM or GRU layer found; edgelstm converts recurrent models")
+        if self.mode == "window" and (self.window is None or self.window < 1):
             raise UnsupportedLayerError(
-                f"{self.source_name or 'model'}: no LSTM or GRU layer found; edgelstm converts recurrent models"
-            )
-        window = self.mode == "window"
-        if window and (self.window is None or self.window < 1):
-            raise UnsupportedLayerError(
-                f"{self.source_name or 'model'}: a window model (Bidirectional, RepeatVector, Conv1D, go_backwards) "
+                f"{what}: a window model (Bidirectional, RepeatVector, Conv1D, go_backwards) "
                 "needs a fixed window length: declare it in the model's input shape or give --window N"
             )
-        size = self.n_features
-        sequence = True  # is the value flowing between layers a sequence (or one vector)?
-        length = self.window
+        self._check_wiring(what)
+        self._shapes(check=True)
+        return self
+
+    def _check_wiring(self, what: str) -> None:
+        """Unique names, sources that exist and come earlier, an Embedding that alone reads the input,
+        and no layer whose value nothing reads (but the output)."""
+        seen = {INPUT}
+        previous = INPUT
         for position, layer in enumerate(self.layers):
             where = f"layer {position} '{layer.name}'"
-            if layer.input_size != size:
-                raise UnsupportedLayerError(
-                    f"{where}: expects {layer.input_size} inputs but the previous layer gives {size}"
-                )
-            if isinstance(layer, RECURRENT + (BidirectionalLayer,)):
-                if not sequence:
+            if layer.name in seen:
+                raise UnsupportedLayerError(f"{what}: {where}: a second layer of that name (names must be unique)")
+            for source in self.sources(layer, previous):
+                if source not in seen:
+                    raise UnsupportedLayerError(f"{what}: {where} reads '{source}', which no earlier layer gives")
+            seen.add(layer.name)
+            previous = layer.name
+        readers = self.consumers()
+        for layer in self.layers[:-1]:
+            if layer.name not in readers:
+                raise UnsupportedLayerError(f"{what}: layer '{layer.name}' gives a value nothing reads "
+                                            "(one output per model is supported)")
+        if self.input_kind == "token" and readers.get(INPUT) != [self.layers[0].name]:
+            raise UnsupportedLayerError(f"{what}: the token ids feed layers other than the Embedding; "
+                                        "only the Embedding may read them")
+
+
+def shape_after(layer, inputs: list) -> tuple:
+    """``(size, is_sequence, length)`` of a layer's value from its inputs' (``length``: timesteps
+    of a sequence where known)."""
+    size, sequence, length = inputs[0]
+    if isinstance(layer, RECURRENT + (BidirectionalLayer,)):
+        sequence = layer.return_sequences
+    elif isinstance(layer, RepeatVectorLayer):
+        sequence, length = True, layer.times
+    elif isinstance(layer, TimestepLayer):
+        sequence = False
+    elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)) and length is not None:
+        length = layer.output_length(length)
+    return layer.output_size, sequence, length
+
+
+def _check_merge(layer: MergeLayer, inputs: list, where: str) -> None:
+    """A merge's inputs: enough of them, the same kind of value (all sequences of one length, or all
+    vectors), sizes as its mode needs."""
+    if layer.mode not in MERGE_MODES:
+        raise UnsupportedLayerError(f"{where} (merge): mode '{layer.mode}' is not supported; supported: "
+                                    f"{', '.join(MERGE_MODES)}")
+    if len(inputs) < 2 or (layer.mode == "subtract" and len(inputs) != 2):
+        raise UnsupportedLayerError(f"{where} ({layer.mode}): needs {'exactly 2' if layer.mode == 'subtract' else '2 or more'} "
+                                    f"inputs, gets {len(inputs)}")
+    sizes = tuple(size for size, _, _ in inputs)
+    if tuple(layer.sizes) != sizes:
+        raise UnsupportedLayerError(f"{where} ({layer.mode}): expects inputs of {tuple(layer.sizes)} features, gets {sizes}")
+    if layer.mode != "concatenate" and len(set(sizes)) != 1:
+        raise UnsupportedLayerError(f"{where} ({layer.mode}): inputs of {sizes} features cannot be combined "
+                                    "elementwise; they must be the same size")
+    if len({(sequence, length if sequence else None) for _, sequence, length in inputs}) != 1:
+        raise UnsupportedLayerError(f"{where} ({layer.mode}): its inputs mix sequences and single vectors (or "
+                                    "sequences of different lengths); they must be the same shape")
+
+
+def _check_layer(network: Network, layer, position: int, size: int, sequence: bool, length, where: str) -> None:
+    """One layer's refusals, given the value it reads: ``size`` features, a sequence or not, ``length`` steps."""
+    if layer.input_size != size and not isinstance(layer, EmbeddingLayer):
+        raise UnsupportedLayerError(f"{where}: expects {layer.input_size} inputs but the previous layer gives {size}")
+    if isinstance(layer, RECURRENT + (BidirectionalLayer,)):
+        if not sequence:
+            raise UnsupportedLayerError(
+                f"{where}: a recurrent layer follows one with return_sequences=False "
+                "(add RepeatVector between them for an autoencoder)"
+            )
+        for cell in (layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,):
+            for attr in ("activation", "recurrent_activation"):
+                if getattr(cell, attr) not in activations.LSTM_ACTIVATIONS:
                     raise UnsupportedLayerError(
-                        f"{where}: a recurrent layer follows one with return_sequences=False "
-                        "(add RepeatVector between them for an autoencoder)"
+                        f"{where} ({cell.kind.upper()}): {attr} '{getattr(cell, attr)}' is not supported; "
+                        f"supported: {', '.join(activations.LSTM_ACTIVATIONS)}"
                     )
-                for cell in (layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,):
-                    for attr in ("activation", "recurrent_activation"):
-                        if getattr(cell, attr) not in activations.LSTM_ACTIVATIONS:
-                            raise UnsupportedLayerError(
-                                f"{where} ({cell.kind.upper()}): {attr} '{getattr(cell, attr)}' is not supported; "
-                                f"supported: {', '.join(activations.LSTM_ACTIVATIONS)}"
-                            )
-                if isinstance(layer, BidirectionalLayer) and layer.merge_mode not in ("concat", "sum", "mul", "ave"):
-                    raise UnsupportedLayerError(f"{where} (Bidirectional): merge_mode '{layer.merge_mode}' is not supported")
-                sequence = layer.return_sequences
-            elif isinstance(layer, EmbeddingLayer):
-                if position != 0:
-                    raise UnsupportedLayerError(f"{where} (Embedding): only the first layer may be an Embedding")
-            elif isinstance(layer, RepeatVectorLayer):
-                if sequence:
-                    raise UnsupportedLayerError(f"{where} (RepeatVector): repeats a vector, but gets a sequence")
-                sequence, length = True, layer.times
-            elif isinstance(layer, TimestepLayer):
-                if not sequence or not -length <= layer.index < length:
-                    raise UnsupportedLayerError(f"{where} (timestep {layer.index}): needs a sequence of more than "
-                                                f"{abs(layer.index)} steps")
-                sequence = False
-            elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)):
-                if not sequence:
-                    raise UnsupportedLayerError(f"{where} ({layer.kind}): needs a sequence input")
-                if isinstance(layer, Conv1DLayer) and layer.activation not in activations.DENSE_ACTIVATIONS:
-                    raise UnsupportedLayerError(f"{where} (Conv1D): activation '{layer.activation}' is not supported")
-                if isinstance(layer, Conv1DLayer) and layer.padding not in ("valid", "same", "causal"):
-                    raise UnsupportedLayerError(f"{where} (Conv1D): padding '{layer.padding}' is not supported")
-                if isinstance(layer, Conv1DLayer) and layer.strides != 1 and layer.padding != "valid":
-                    raise UnsupportedLayerError(f"{where} (Conv1D): strides > 1 only with padding='valid'")
-                length = layer.output_length(length)
-                if length < 1:
-                    raise UnsupportedLayerError(f"{where} ({layer.kind}): the window of {self.window} steps is too short for it")
-            elif isinstance(layer, DenseLayer):
-                if layer.activation not in activations.DENSE_ACTIVATIONS:
-                    raise UnsupportedLayerError(
-                        f"{where} (Dense): activation '{layer.activation}' "
-                        f"is not supported; supported: {', '.join(activations.DENSE_ACTIVATIONS)}"
-                    )
-            size = layer.output_size
-        return self
+        if isinstance(layer, BidirectionalLayer) and layer.merge_mode not in ("concat", "sum", "mul", "ave"):
+            raise UnsupportedLayerError(f"{where} (Bidirectional): merge_mode '{layer.merge_mode}' is not supported")
+    elif isinstance(layer, EmbeddingLayer):
+        if position != 0:
+            raise UnsupportedLayerError(f"{where} (Embedding): only the first layer may be an Embedding")
+        if size != 1:
+            raise UnsupportedLayerError(f"{where} (Embedding): reads one token id per step, gets {size} features")
+    elif isinstance(layer, RepeatVectorLayer):
+        if sequence:
+            raise UnsupportedLayerError(f"{where} (RepeatVector): repeats a vector, but gets a sequence")
+    elif isinstance(layer, TimestepLayer):
+        if not sequence or not -length <= layer.index < length:
+            raise UnsupportedLayerError(f"{where} (timestep {layer.index}): needs a sequence of more than "
+                                        f"{abs(layer.index)} steps")
+    elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)):
+        if not sequence:
+            raise UnsupportedLayerError(f"{where} ({layer.kind}): needs a sequence input")
+        if isinstance(layer, Conv1DLayer) and layer.activation not in activations.DENSE_ACTIVATIONS:
+            raise UnsupportedLayerError(f"{where} (Conv1D): activation '{layer.activation}' is not supported")
+        if isinstance(layer, Conv1DLayer) and layer.padding not in ("valid", "same", "causal"):
+            raise UnsupportedLayerError(f"{where} (Conv1D): padding '{layer.padding}' is not supported")
+        if isinstance(layer, Conv1DLayer) and layer.strides != 1 and layer.padding != "valid":
+            raise UnsupportedLayerError(f"{where} (Conv1D): strides > 1 only with padding='valid'")
+        if length is not None and layer.output_length(length) < 1:
+            raise UnsupportedLayerError(f"{where} ({layer.kind}): the window of {network.window} steps is too short for it")
+    elif isinstance(layer, (DenseLayer, ActivationLayer)):
+        if layer.activation not in activations.DENSE_ACTIVATIONS:
+            raise UnsupportedLayerError(
+                f"{where} ({'Dense' if isinstance(layer, DenseLayer) else 'Activation'}): activation '{layer.activation}' "
+                f"is not supported; supported: {', '.join(activations.DENSE_ACTIVATIONS)}"
+            )
+    elif isinstance(layer, LayerNormLayer):
+        if not layer.epsilon > 0:
+            raise UnsupportedLayerError(f"{where} (LayerNormalization): epsilon must be positive, is {layer.epsilon}")
 
 
 def fold_affine_layers(layers: list) -> list:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.errors import BundleError
-from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                      Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
+from .network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+                      LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 _ARRAYS = {
     "lstm": ("kernel", "recurrent_kernel", "bias"),
@@ -19,6 +19,7 @@ _ARRAYS = {
     "dense": ("kernel", "bias"),
     "conv1d": ("kernel", "bias"),
     "embedding": ("table",),
+    "layer_norm": ("gamma", "beta"),
 }
 
 
@@ -63,6 +64,12 @@ def _load_layer(weights: dict, prefix: str, spec: dict):
         return RepeatVectorLayer(spec["name"], int(spec["times"]), int(spec["units"]))
     if kind == "timestep":
         return TimestepLayer(spec["name"], int(spec["index"]), int(spec["units"]))
+    if kind == "merge":
+        return MergeLayer(spec["name"], spec["mode"], tuple(int(size) for size in spec["sizes"]))
+    if kind == "layer_norm":
+        return LayerNormLayer(spec["name"], w("gamma"), w("beta"), float(spec["epsilon"]))
+    if kind == "activation":
+        return ActivationLayer(spec["name"], spec["activation"], int(spec["units"]))
     if kind == "pooling1d":
         return Pooling1DLayer(spec["name"], spec["mode"], int(spec["pool_size"]), int(spec["strides"]), int(spec["units"]))
     raise BundleError(f"layer '{spec.get('name')}' has unknown kind {kind!r}")
@@ -77,9 +84,11 @@ def load_network_file(path, description: dict) -> Network:
         raise BundleError(f"{path}: unreadable network weights ({exc})") from None
     try:
         layers = [_load_layer(weights, str(index), spec) for index, spec in enumerate(description["layers"])]
-    except KeyError as exc:
+        wiring = {spec["name"]: tuple(str(name) for name in spec["inputs"])
+                  for spec in description["layers"] if spec.get("inputs")} or None
+    except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: weights or description incomplete ({exc} missing)") from None
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
     return Network(int(description["n_features"]), layers, source_format="bundle",
-                   window=description.get("window")).validate()
+                   window=description.get("window"), wiring=wiring).validate()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                      Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
+from .network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+                      LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
 class Reference:
@@ -22,7 +22,6 @@ class Reference:
 
     def __init__(self, network: Network):
         self.network = network
-        self._layers = network.layers
 
     def initial_state(self, batch: int = 1) -> list:
         """Zero state: ``[h_0, c_0, h_1, c_1, ...]``, each ``(batch, units)`` float32."""
@@ -31,27 +30,30 @@ class Reference:
     def step(self, x: np.ndarray, state: list) -> tuple:
         """One timestep. ``x`` is ``(batch, n_features)``; returns ``(y, new_state)``."""
         if self.network.input_kind == "token":
-            value = self._layers[0].table[np.asarray(x).astype(np.int64).reshape(-1)]
+            x = np.asarray(x).astype(np.int64).reshape(-1)
         else:
-            value = np.asarray(x, dtype=np.float32)
+            x = np.asarray(x, dtype=np.float32)
         new_state = []
         position = 0
-        for layer in self._layers:
+
+        def apply(layer, inputs):
+            nonlocal position
+            value = inputs[0]
             if isinstance(layer, LSTMLayer):
-                h, c = state[position], state[position + 1]
-                value, c = _lstm_cell(layer, value, h, c)
-                new_state += [value, c]
+                h, c = _lstm_cell(layer, value, state[position], state[position + 1])
+                new_state.extend([h, c])
                 position += 2
-            elif isinstance(layer, GRULayer):
-                value = _gru_cell(layer, value, state[position])
-                new_state.append(value)
+                return h
+            if isinstance(layer, GRULayer):
+                h = _gru_cell(layer, value, state[position])
+                new_state.append(h)
                 position += 1
-            elif isinstance(layer, DenseLayer):
-                value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
-            elif isinstance(layer, EmbeddingLayer):
-                continue  # looked up above
-            value = value.astype(np.float32, copy=False)
-        return value, new_state
+                return h
+            if isinstance(layer, EmbeddingLayer):
+                return layer.table[value]
+            return per_timestep(layer, inputs)
+
+        return self.network.evaluate(x, apply), new_state
 
     def run(self, sequence: np.ndarray, state: list | None = None) -> tuple:
         """Step through ``sequence`` ``(T, n_features)`` or ``(batch, T, n_features)``.
@@ -174,31 +176,76 @@ def pool1d(layer: Pooling1DLayer, sequence: np.ndarray) -> np.ndarray:
     return (windows.max(axis=2) if layer.mode == "max" else windows.mean(axis=2)).astype(np.float32)
 
 
+def per_timestep(layer, inputs: list) -> np.ndarray:
+    """A layer that acts on each timestep alone (Dense, merges, LayerNormalization, Activation), on
+    ``(..., features)`` values: one timestep or whole sequences alike."""
+    value = inputs[0]
+    if isinstance(layer, DenseLayer):
+        return activations.apply(layer.activation, value @ layer.kernel + layer.bias).astype(np.float32, copy=False)
+    if isinstance(layer, MergeLayer):
+        return merge(layer.mode, inputs)
+    if isinstance(layer, LayerNormLayer):
+        return layer_norm(layer, value)
+    if isinstance(layer, ActivationLayer):
+        return activations.apply(layer.activation, value).astype(np.float32, copy=False)
+    raise TypeError(f"{type(layer).__name__} does not act per timestep")
+
+
+def merge(mode: str, inputs: list) -> np.ndarray:
+    """Keras' merge layers over the last axis (``concatenate``) or elementwise, in input order."""
+    if mode == "concatenate":
+        return np.concatenate(inputs, axis=-1)
+    result = inputs[0]
+    for value in inputs[1:]:
+        if mode in ("add", "average"):
+            result = result + value
+        elif mode == "subtract":
+            result = result - value
+        elif mode == "multiply":
+            result = result * value
+        elif mode == "maximum":
+            result = np.maximum(result, value)
+        elif mode == "minimum":
+            result = np.minimum(result, value)
+    if mode == "average":
+        result = result / np.float32(len(inputs))
+    return np.asarray(result, np.float32)
+
+
+def layer_norm(layer: LayerNormLayer, value: np.ndarray) -> np.ndarray:
+    """Keras' LayerNormalization on the last axis: mean and (biased) variance per timestep."""
+    mean = value.mean(axis=-1, keepdims=True)
+    centered = value - mean
+    variance = (centered * centered).mean(axis=-1, keepdims=True)
+    return (centered / np.sqrt(variance + np.float32(layer.epsilon)) * layer.gamma + layer.beta).astype(np.float32)
+
+
 def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
     """What the source model's ``predict`` returns for ``(batch, T, n_features)`` (token models:
     ``(batch, T)`` ids), computed layer by layer over whole sequences. Works for every network."""
-    value = np.asarray(batch)
-    for layer in network.layers:
+
+    def apply(layer, inputs):
+        value = inputs[0]
         if isinstance(layer, EmbeddingLayer):
-            value = layer.table[value.reshape(value.shape[0], -1).astype(np.int64)]
-            continue
-        value = value.astype(np.float32, copy=False)
+            return layer.table[value.reshape(value.shape[0], -1).astype(np.int64)]
+        inputs = [np.asarray(v).astype(np.float32, copy=False) for v in inputs]
+        value = inputs[0]
         if isinstance(layer, (LSTMLayer, GRULayer)):
-            value = run_recurrent(layer, value)
-        elif isinstance(layer, BidirectionalLayer):
+            return run_recurrent(layer, value)
+        if isinstance(layer, BidirectionalLayer):
             forward = run_recurrent(layer.forward, value)
             backward = run_recurrent(layer.backward, value)
             if layer.return_sequences:
                 backward = backward[:, ::-1]
-            value = _merge(layer.merge_mode, forward, backward)
-        elif isinstance(layer, RepeatVectorLayer):
-            value = np.repeat(value[:, None, :], layer.times, axis=1)
-        elif isinstance(layer, Conv1DLayer):
-            value = conv1d(layer, value)
-        elif isinstance(layer, Pooling1DLayer):
-            value = pool1d(layer, value)
-        elif isinstance(layer, TimestepLayer):
-            value = value[:, layer.index]
-        elif isinstance(layer, DenseLayer):
-            value = activations.apply(layer.activation, value @ layer.kernel + layer.bias)
-    return np.asarray(value, np.float32)
+            return _merge(layer.merge_mode, forward, backward)
+        if isinstance(layer, RepeatVectorLayer):
+            return np.repeat(value[:, None, :], layer.times, axis=1)
+        if isinstance(layer, Conv1DLayer):
+            return conv1d(layer, value)
+        if isinstance(layer, Pooling1DLayer):
+            return pool1d(layer, value)
+        if isinstance(layer, TimestepLayer):
+            return value[:, layer.index]
+        return per_timestep(layer, inputs)
+
+    return np.asarray(network.evaluate(np.asarray(batch), apply), np.float32)

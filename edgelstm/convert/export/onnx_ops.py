@@ -118,3 +118,11 @@ class OnnxOps(window_graph.Ops):
 
     def gather(self, table, ids):
         return self.graph.op("Gather", [self.constant("table", table), ids], axis=0)
+
+    def minimum(self, a, b):
+        return self.graph.op("Min", [a, b])
+
+    def layer_norm(self, x, gamma, beta, epsilon):
+        """ONNX's own LayerNormalization (opset 17) over the last axis."""
+        return self.graph.op("LayerNormalization", [x, self.constant("gamma", gamma), self.constant("beta", beta)],
+                             axis=-1, epsilon=float(epsilon))

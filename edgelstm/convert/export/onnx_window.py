@@ -25,14 +25,13 @@ def build_float_model(network: Network, batch="batch"):
         x_info = helper.make_tensor_value_info("x", TensorProto.INT64, [batch, steps])
     else:
         x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, steps, network.n_features])
-    layers, x = network.layers, "x"
+    x = "x"
     if token:  # one Gather for the whole window (batch, T) -> (batch, T, dim)
-        x = graph.op("Gather", [graph.const("table", layers[0].table), "x"], axis=0)
-        layers = layers[1:]
+        x = graph.op("Gather", [graph.const("table", network.layers[0].table), "x"], axis=0)
     pieces = graph.op("Split", [x], outputs=steps, axis=1) if steps > 1 else [x]
     axis = graph.int_const("axis", [1])
     parts = [graph.op("Squeeze", [piece, axis]) for piece in pieces]
-    value = window_graph.lower_layers(layers, OnnxOps(graph), parts)
+    value = window_graph.lower(network, OnnxOps(graph), parts, embedded=token)
     if isinstance(value, list):
         stacked = [graph.op("Unsqueeze", [v, axis]) for v in value]
         graph.op("Concat", stacked, output_names=["y"], axis=1)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 
 
@@ -99,8 +100,20 @@ class StatePlan:
         ]
 
 
+def permutable(network: Network) -> bool:
+    """Whether units can be permuted inside the step model: a chain whose layers after the first
+    recurrent one are LSTM, GRU or Dense (each takes the permutation in its input rows). A graph
+    (a residual Add reads two layers' units in one order) or a per-feature layer (LayerNormalization)
+    keeps every layer in its own unit order, and so one cell-state group per LSTM."""
+    return network.is_chain and all(isinstance(layer, (LSTMLayer, GRULayer, DenseLayer, EmbeddingLayer))
+                                    for layer in network.layers)
+
+
 def plan_states(network: Network, unit_ranges: dict, max_groups: int = 4, ratio: float = 2.0) -> StatePlan:
-    """Group each layer's cell-state units by the magnitude they reach in calibration."""
+    """Group each layer's cell-state units by the magnitude they reach in calibration (one group
+    per layer where units cannot be permuted: :func:`permutable`)."""
+    if not permutable(network):
+        max_groups = 1
     layers = []
     for k, layer in enumerate(network.recurrent_layers):
         if isinstance(layer, GRULayer):
@@ -122,7 +135,13 @@ def plan_states(network: Network, unit_ranges: dict, max_groups: int = 4, ratio:
 
 
 def permuted_network(network: Network, plan: StatePlan) -> Network:
-    """The same function with each LSTM's units in plan order (an exact rewrite)."""
+    """The same function with each LSTM's units in plan order (an exact rewrite); the network
+    itself where no layer's units move."""
+    if all(np.array_equal(layer.permutation, np.arange(layer.units)) for layer in plan.layers):
+        return network
+    if not permutable(network):
+        raise ConversionError(f"{network.source_name or 'model'}: its units cannot be regrouped (a graph, or a "
+                              "per-feature layer); convert with --cell-groups 1")
     layers, previous_perm, k = [], None, 0
     for layer in network.layers:
         if isinstance(layer, EmbeddingLayer):

@@ -113,6 +113,19 @@ class TFOps(window_graph.Ops):
     def gather(self, table, ids):
         return self.tf.gather(self.constant(table), ids)
 
+    def minimum(self, a, b):
+        return self.tf.minimum(a, b)
+
+    def layer_norm(self, x, gamma, beta, epsilon):
+        """FULLY_CONNECTED, MUL, ADD and RSQRT (int8 builtins, all on the Edge TPU's list): ``x - mean``
+        is one FC by ``I - 1/F``, the variance one FC by ``1/F`` that gives it already broadcast over
+        the features, so no op needs broadcasting."""
+        size = int(np.asarray(gamma).shape[0])
+        centered = self.tf.matmul(x, self.constant((np.eye(size) - 1.0 / size).astype(np.float32)))
+        variance = self.tf.matmul(centered * centered, self.constant(np.full((size, size), 1.0 / size, np.float32)))
+        inverse = self.tf.math.rsqrt(variance + self.constant(np.full(size, epsilon, np.float32)))
+        return centered * inverse * self.constant(np.asarray(gamma, np.float32)) + self.constant(np.asarray(beta, np.float32))
+
 
 def convert_function(function, module, quant: str, representative=None, io: str = "quantized",
                      integer_input: bool = True, what: str = "") -> bytes:

@@ -23,7 +23,8 @@ from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import ResidualCellPlan, StatePlan, group_columns, permuted_network
 from .tflite_ops import TFOps, activation, convert_function, quant_params_for_range, tensorflow
-from .window_graph import gru_cell
+from .window_graph import gru_cell, per_timestep
+
 
 def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     """A concrete ``tf.function`` computing one step, outputs keyed by ``plan.output_names()``,
@@ -39,56 +40,69 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
 
     def step(x, *state_list):
         state = dict(zip(names, state_list))
-        value = x
         outputs = {}
-        k = d = 0
-        for layer in net.layers:
+        ops = TFOps(tf)
+        counters = {"k": 0, "d": 0}
+
+        def apply(layer, inputs):
+            value = inputs[0]
             if isinstance(layer, LSTMLayer):
-                h = state[f"h_{k}"]
-                gate, act = layer.recurrent_activation, layer.activation
-                h_parts, start = [], 0
-                for j, (cell_name, size) in enumerate(zip(plan.cell_names(k), plan.layers[k].sizes)):
-                    columns = group_columns(layer.units, start, size)
-                    tag = f"__L{k}g{j}"  # tensor names the error attribution reads (ROLE__L<layer>g<group>)
-                    # residual cells negate the f columns: the gate then gives 1 - f, exactly 0 when f = 1
-                    sign = np.ones(4 * size, np.float32)
-                    if residual:
-                        sign[size : 2 * size] = -1.0
-                    from_input = tf.add(tf.matmul(value, tf.constant(layer.kernel[:, columns] * sign)),
-                                        tf.constant(layer.bias[columns] * sign), name="zx" + tag)
-                    from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns] * sign), name="zh" + tag)
-                    i, f, g, o = tf.split(tf.add(from_input, from_state, name="z" + tag), 4, axis=1)
-                    update = tf.multiply(activation(tf, gate, i), activation(tf, act, g), name="ig" + tag)
-                    if residual:
-                        c_tanh = _residual_cell(tf, activation(tf, gate, f), update, state, outputs, cell_name, tag)
-                    else:
-                        forget = tf.multiply(activation(tf, gate, f), state[cell_name], name="fc" + tag)
-                        c_tanh = tf.add(forget, update, name="c" + tag)
-                        outputs[f"{cell_name}_out"] = c_tanh
-                    h_parts.append(tf.multiply(activation(tf, gate, o), activation(tf, act, c_tanh), name="h" + tag))
-                    start += size
-                value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
-                outputs[f"h_{k}_out"] = value
-                k += 1
-            elif isinstance(layer, GRULayer):
+                k = counters["k"]
+                counters["k"] += 1
+                return _lstm_step(tf, layer, value, state, outputs, plan, k, residual)
+            if isinstance(layer, GRULayer):
+                k = counters["k"]
+                counters["k"] += 1
                 if residual and f"h_{k}" in plan.hi_grid:  # h = h_hi + h_lo, one FC per gate
-                    value = _residual_gru(tf, layer, value, state, outputs, k)
-                else:  # the window graph's GRU step, on TensorFlow ops
-                    value = gru_cell(TFOps(tf), layer, value, state[f"h_{k}"])
-                    outputs[f"h_{k}_out"] = value
-                k += 1
-            elif isinstance(layer, DenseLayer):
+                    return _residual_gru(tf, layer, value, state, outputs, k)
+                value = gru_cell(ops, layer, value, state[f"h_{k}"])  # the window graph's GRU step
+                outputs[f"h_{k}_out"] = value
+                return value
+            if isinstance(layer, DenseLayer):
+                d = counters["d"]
+                counters["d"] += 1
                 dense = tf.add(tf.matmul(value, tf.constant(layer.kernel)), tf.constant(layer.bias), name=f"dense__D{d}")
-                value = activation(tf, layer.activation, dense)
-                d += 1
-            elif isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
-                value = tf.gather(tf.constant(layer.table), tf.reshape(value, [-1]))
-        outputs["y"] = value
+                return activation(tf, layer.activation, dense)
+            if isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
+                return tf.gather(tf.constant(layer.table), tf.reshape(value, [-1]))
+            return per_timestep(ops, layer, inputs)  # merges, LayerNormalization, Activation
+
+        outputs["y"] = net.evaluate(x, apply)
         return {name: outputs[name] for name in plan.output_names()}
 
     module = tf.Module()
     module.step = tf.function(step, input_signature=specs)
     return module.step.get_concrete_function(), module
+
+
+def _lstm_step(tf, layer: LSTMLayer, value, state: dict, outputs: dict, plan: StatePlan, k: int, residual: bool):
+    """One LSTM step over the plan's cell-state groups; writes ``h_k_out`` and the cells' outputs."""
+    h = state[f"h_{k}"]
+    gate, act = layer.recurrent_activation, layer.activation
+    h_parts, start = [], 0
+    for j, (cell_name, size) in enumerate(zip(plan.cell_names(k), plan.layers[k].sizes)):
+        columns = group_columns(layer.units, start, size)
+        tag = f"__L{k}g{j}"  # tensor names the error attribution reads (ROLE__L<layer>g<group>)
+        # residual cells negate the f columns: the gate then gives 1 - f, exactly 0 when f = 1
+        sign = np.ones(4 * size, np.float32)
+        if residual:
+            sign[size : 2 * size] = -1.0
+        from_input = tf.add(tf.matmul(value, tf.constant(layer.kernel[:, columns] * sign)),
+                            tf.constant(layer.bias[columns] * sign), name="zx" + tag)
+        from_state = tf.matmul(h, tf.constant(layer.recurrent_kernel[:, columns] * sign), name="zh" + tag)
+        i, f, g, o = tf.split(tf.add(from_input, from_state, name="z" + tag), 4, axis=1)
+        update = tf.multiply(activation(tf, gate, i), activation(tf, act, g), name="ig" + tag)
+        if residual:
+            c_tanh = _residual_cell(tf, activation(tf, gate, f), update, state, outputs, cell_name, tag)
+        else:
+            forget = tf.multiply(activation(tf, gate, f), state[cell_name], name="fc" + tag)
+            c_tanh = tf.add(forget, update, name="c" + tag)
+            outputs[f"{cell_name}_out"] = c_tanh
+        h_parts.append(tf.multiply(activation(tf, gate, o), activation(tf, act, c_tanh), name="h" + tag))
+        start += size
+    value = h_parts[0] if len(h_parts) == 1 else tf.concat(h_parts, axis=1)
+    outputs[f"h_{k}_out"] = value
+    return value
 
 
 def _packed(parsed, size_hint: int) -> bytes:

@@ -24,14 +24,11 @@ def build_window_function(network: Network, batch: int = 1):
             else tf.TensorSpec([batch, steps, network.n_features], tf.float32, name="x"))
 
     def window(x):
-        layers = network.layers
         if token:  # one GATHER for the whole window: a table per step would be quantized once per step
-            table = layers[0].table
-            x = tf.gather(tf.constant(table), x)  # (batch, T, dim)
-            layers = layers[1:]
+            x = tf.gather(tf.constant(network.layers[0].table), x)  # (batch, T, dim)
         width = int(x.shape[-1])
         parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
-        value = window_graph.lower_layers(layers, TFOps(tf), parts)
+        value = window_graph.lower(network, TFOps(tf), parts, embedded=token)
         return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
 
     module = tf.Module()

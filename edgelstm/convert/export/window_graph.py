@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgelstm.model.network import (BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network,
-                       Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
+from edgelstm.model.network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
+                                   LayerNormLayer, LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer,
+                                   TimestepLayer)
 
 
 class Ops:
@@ -61,6 +62,12 @@ class Ops:
     def gather(self, table, ids):  # rows of table for (batch,) integer ids
         raise NotImplementedError
 
+    def minimum(self, a, b):
+        raise NotImplementedError
+
+    def layer_norm(self, x, gamma, beta, epsilon: float):  # over the features of each row
+        raise NotImplementedError
+
 
 def constant_key(array) -> tuple:
     """What makes two weight arrays the same constant: the timesteps of an unrolled layer pass
@@ -71,40 +78,67 @@ def constant_key(array) -> tuple:
     return array.shape, array.dtype.str, hashlib.blake2b(array.tobytes(), digest_size=16).digest()
 
 
-def lower(network: Network, ops: Ops, steps: list):
+def lower(network: Network, ops: Ops, steps: list, embedded: bool = False):
     """The network over ``steps`` (a list of ``T`` input tensors); returns a list of output
-    tensors (sequence output) or one tensor (the source model's single output)."""
-    return lower_layers(network.layers, ops, steps)
+    tensors (sequence output) or one tensor (the source model's single output). ``embedded``:
+    the exporter has looked a leading Embedding up itself, once for the whole window, so
+    ``steps`` are its output."""
 
-
-def lower_layers(layers: list, ops: Ops, steps: list):
-    """:func:`lower` for a chain of layers (the exporters look a leading Embedding up themselves,
-    once for the whole window)."""
-    value = steps
-    for layer in layers:
+    def apply(layer, inputs):
+        value = inputs[0]
         if isinstance(layer, EmbeddingLayer):
-            value = [ops.gather(layer.table, ids) for ids in value]
-        elif isinstance(layer, (LSTMLayer, GRULayer)):
-            value = run_recurrent(ops, layer, value)
-        elif isinstance(layer, BidirectionalLayer):
+            return value if embedded else [ops.gather(layer.table, ids) for ids in value]
+        if isinstance(layer, (LSTMLayer, GRULayer)):
+            return run_recurrent(ops, layer, value)
+        if isinstance(layer, BidirectionalLayer):
             forward = run_recurrent(ops, layer.forward, value)
             backward = run_recurrent(ops, layer.backward, value)
             if layer.return_sequences:
-                value = [_merge(ops, layer.merge_mode, f, b) for f, b in zip(forward, backward[::-1])]
-            else:
-                value = _merge(ops, layer.merge_mode, forward, backward)
-        elif isinstance(layer, RepeatVectorLayer):
-            value = [value] * layer.times
-        elif isinstance(layer, Conv1DLayer):
-            value = conv1d(ops, layer, value)
-        elif isinstance(layer, Pooling1DLayer):
-            value = pool1d(ops, layer, value)
-        elif isinstance(layer, TimestepLayer):
-            value = value[layer.index]
-        elif isinstance(layer, DenseLayer):
-            apply = lambda v, layer=layer: ops.activation(layer.activation, ops.dense(v, layer.kernel, layer.bias))  # noqa: E731
-            value = [apply(v) for v in value] if isinstance(value, list) else apply(value)
-    return value
+                return [_merge(ops, layer.merge_mode, f, b) for f, b in zip(forward, backward[::-1])]
+            return _merge(ops, layer.merge_mode, forward, backward)
+        if isinstance(layer, RepeatVectorLayer):
+            return [value] * layer.times
+        if isinstance(layer, Conv1DLayer):
+            return conv1d(ops, layer, value)
+        if isinstance(layer, Pooling1DLayer):
+            return pool1d(ops, layer, value)
+        if isinstance(layer, TimestepLayer):
+            return value[layer.index]
+        if isinstance(value, list):  # a per-timestep layer over a sequence: once per step
+            return [per_timestep(ops, layer, list(step)) for step in zip(*inputs)]
+        return per_timestep(ops, layer, inputs)
+
+    return network.evaluate(steps, apply)
+
+
+def per_timestep(ops: Ops, layer, inputs: list):
+    """A layer that acts on one timestep (Dense, merges, LayerNormalization, Activation) in ops;
+    the step exporters use it too."""
+    value = inputs[0]
+    if isinstance(layer, DenseLayer):
+        return ops.activation(layer.activation, ops.dense(value, layer.kernel, layer.bias))
+    if isinstance(layer, MergeLayer):
+        return merge(ops, layer, inputs)
+    if isinstance(layer, LayerNormLayer):
+        return ops.layer_norm(value, layer.gamma, layer.beta, layer.epsilon)
+    if isinstance(layer, ActivationLayer):
+        return ops.activation(layer.activation, value)
+    raise TypeError(f"{type(layer).__name__} does not act per timestep")
+
+
+def merge(ops: Ops, layer: MergeLayer, inputs: list):
+    """Keras' merge layers in ops, inputs combined left to right (as the numpy reference does)."""
+    mode = layer.mode
+    if mode == "concatenate":
+        return ops.concat(inputs)
+    combine = {"add": ops.add, "average": ops.add, "subtract": ops.sub, "multiply": ops.mul,
+               "maximum": ops.maximum, "minimum": ops.minimum}[mode]
+    result = inputs[0]
+    for value in inputs[1:]:
+        result = combine(result, value)
+    if mode == "average":
+        result = ops.mul_const(result, np.full(layer.output_size, 1.0 / len(inputs), np.float32))
+    return result
 
 
 def run_recurrent(ops: Ops, layer, steps: list):

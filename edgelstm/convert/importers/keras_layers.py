@@ -16,16 +16,21 @@ import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
-from edgelstm.model.network import (AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer,
-                       Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers)
+from edgelstm.model.network import (INPUT, ActivationLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
+                                   EmbeddingLayer, GRULayer, LayerNormLayer, LSTMLayer, MergeLayer, Network,
+                                   Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers, shape_after)
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
 SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bidirectional(LSTM|GRU)", "Dense",
-                    "Activation (linear, or after a linear Dense)",
+                    "Activation",
                     "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
-                    "GlobalAveragePooling1D", "GlobalMaxPooling1D",
+                    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "LayerNormalization",
+                    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
                     "BatchNormalization") + IDENTITY_LAYERS
+#: Keras' merge layers and the :class:`MergeLayer` mode each becomes.
+MERGE_CLASSES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+                 "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}
 #: Layers a later version may convert.
 NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking")
 RECURRENT_CLASSES = ("LSTM", "GRU")
@@ -43,6 +48,7 @@ class KerasLayer:
     config: dict
     module: str | None = None
     registered_name: str | None = None
+    inputs: tuple = ()  # functional models: the names of the layers it reads, in argument order
 
     def where(self) -> str:
         return f"layer {self.position} '{self.name}' ({self.class_name})"
@@ -137,7 +143,15 @@ def check_supported(layers: list) -> None:
             if layer.config.get("mask_zero"):
                 raise UnsupportedLayerError(f"{layer.where()}: mask_zero=True (masking) is not supported")
             continue
-        if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS:
+        if cls == "LayerNormalization":
+            cfg = layer.config
+            axis = cfg.get("axis", -1)
+            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+            if axis not in (-1, 2) or cfg.get("rms_scaling"):
+                raise UnsupportedLayerError(f"{layer.where()}: only LayerNormalization over the feature axis (-1), "
+                                            "without rms_scaling, is supported")
+            continue
+        if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
             continue
         raise UnsupportedLayerError(
             f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
@@ -203,20 +217,35 @@ def build_network(
     declared_features: list | None,
     window: int | None = None,
 ) -> Network:
-    """Lower a checked chain into a validated :class:`Network`.
+    """Lower checked layers (a Sequential's chain, or a functional model's graph in dependency
+    order, each naming its inputs) into a validated :class:`Network`.
 
     ``read_weights(layer)`` returns the layer's arrays in Keras variable order. A window
     network (Bidirectional, RepeatVector, Conv1D, go_backwards) takes its window length
     from ``window``, else from the model's declared input shape, else from its RepeatVector.
     """
     check_supported(layers)
-    lowered, notes = [], []
+    declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
+    graph = _Lowering(source_name, declared_features, window or declared_length)
+    notes = []
     for layer in layers:
         cls = layer.class_name
-        if cls == "InputLayer" or cls in IDENTITY_LAYERS:
+        sources = graph.sources(layer)
+        if cls == "InputLayer":
+            graph.alias(layer, INPUT)
+            continue
+        if cls in IDENTITY_LAYERS:
+            graph.alias(layer, sources[0])
             continue
         if cls == "Activation":
-            lowered.append(_activation(layer, lowered, keras_major))
+            name = activation_name(layer.config.get("activation"), keras_major, layer, "activation")
+            if name == "linear":
+                graph.alias(layer, sources[0])
+            else:
+                graph.emit(layer, ActivationLayer(layer.name, name, graph.size(sources[0], layer)), sources)
+            continue
+        if cls in MERGE_CLASSES:
+            graph.emit(layer, _merge(layer, sources, graph), sources)
             continue
         weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
         if cls in RECURRENT_CLASSES:
@@ -224,70 +253,52 @@ def build_network(
         cfg = layer.config
         try:
             if cls in RECURRENT_CLASSES:
-                lowered.append(_recurrent(layer, cls, cfg, weights, keras_major, layer.name))
+                graph.emit(layer, _recurrent(layer, cls, cfg, weights, keras_major, layer.name), sources)
                 if cfg.get("stateful"):
                     notes.append(f"{layer.name}: stateful=True (batch size baked in for training); the step model "
                                  "carries state between calls itself, for any number of streams")
             elif cls == "Bidirectional":
-                forward_cfg = cfg["layer"]["config"]
-                backward_cfg = (cfg.get("backward_layer") or {}).get("config") or dict(forward_cfg, go_backwards=True)
-                count = len(weights) // 2
-                forward = _recurrent(layer, cfg["layer"]["class_name"], forward_cfg, weights[:count], keras_major,
-                                     f"{layer.name}/forward")
-                backward = _recurrent(layer, (cfg.get("backward_layer") or cfg["layer"])["class_name"], backward_cfg,
-                                      weights[count:], keras_major, f"{layer.name}/backward")
-                backward.go_backwards = not forward.go_backwards
-                if (forward.kind, forward.units, forward.return_sequences) != (backward.kind, backward.units, backward.return_sequences):
-                    raise UnsupportedLayerError(
-                        f"{layer.where()}: its backward_layer differs from the forward layer ({backward.kind} "
-                        f"{backward.units} units vs {forward.kind} {forward.units}); only mirror-image Bidirectional layers are supported"
-                    )
-                lowered.append(BidirectionalLayer(layer.name, forward, backward, cfg.get("merge_mode", "concat")))
+                graph.emit(layer, _bidirectional(layer, cfg, weights, keras_major), sources)
             elif cls == "RepeatVector":
-                size = lowered[-1].output_size if lowered else None
-                lowered.append(RepeatVectorLayer(layer.name, int(cfg["n"]), int(size or 0)))
+                graph.emit(layer, RepeatVectorLayer(layer.name, int(cfg["n"]), graph.size(sources[0], layer)), sources)
             elif cls == "Conv1D":
                 filters = int(cfg["filters"])
                 bias = weights[1] if cfg.get("use_bias", True) else np.zeros(filters, np.float32)
-                lowered.append(Conv1DLayer(
+                graph.emit(layer, Conv1DLayer(
                     layer.name, weights[0], bias, strides=_one(cfg.get("strides")), padding=cfg.get("padding", "valid"),
                     dilation=_one(cfg.get("dilation_rate")),
                     activation=activation_name(cfg.get("activation"), keras_major, layer, "activation"),
-                ))
+                ), sources)
             elif cls in ("MaxPooling1D", "AveragePooling1D"):
-                size = lowered[-1].output_size if lowered else declared_features[-1]
                 pool = _one(cfg.get("pool_size"), 2)
-                lowered.append(Pooling1DLayer(layer.name, "max" if cls.startswith("Max") else "average", pool,
-                                              _one(cfg.get("strides"), pool), int(size)))
+                graph.emit(layer, Pooling1DLayer(layer.name, "max" if cls.startswith("Max") else "average", pool,
+                                                 _one(cfg.get("strides"), pool), graph.size(sources[0], layer)), sources)
             elif cls in ("Dense", "TimeDistributed"):
                 dense_cfg = cfg if cls == "Dense" else cfg["layer"]["config"]
                 units = int(dense_cfg["units"])
                 bias = weights[1] if dense_cfg.get("use_bias", True) else np.zeros(units, np.float32)
-                lowered.append(
-                    DenseLayer(
-                        name=layer.name,
-                        kernel=weights[0],
-                        bias=bias,
-                        activation=activation_name(dense_cfg.get("activation"), keras_major, layer, "activation"),
-                    )
-                )
+                graph.emit(layer, DenseLayer(
+                    name=layer.name, kernel=weights[0], bias=bias,
+                    activation=activation_name(dense_cfg.get("activation"), keras_major, layer, "activation"),
+                ), sources)
             elif cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-                declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
-                lowered.extend(_global_pooling(layer, [x for x in lowered if x is not None], window or declared_length,
-                                               declared_features))
+                _global_pooling(layer, sources, graph)
             elif cls == "BatchNormalization":
-                lowered.append(_batch_norm(layer, weights))
+                graph.emit(layer, _batch_norm(layer, weights), sources)
+            elif cls == "LayerNormalization":
+                graph.emit(layer, _layer_norm(layer, weights, graph.size(sources[0], layer)), sources)
             elif cls == "Embedding":
-                lowered.append(EmbeddingLayer(name=layer.name, table=weights[0]))
+                graph.emit(layer, EmbeddingLayer(name=layer.name, table=weights[0]), sources)
         except (IndexError, KeyError) as exc:
             raise ModelFormatError(
                 f"{source_name}: {layer.where()}: weights or config incomplete ({exc!r} missing); "
                 "the file may be truncated"
             ) from None
-    lowered = fold_affine_layers([layer for layer in lowered if layer is not None])
-    if not lowered:
+    if not graph.layers:
         raise UnsupportedLayerError(f"{source_name}: the model has no layer with weights")
-    token_model = isinstance(lowered[0], EmbeddingLayer)
+    network = graph.network(source_format, notes)
+    lowered = network.layers
+    token_model = network.input_kind == "token"
     if declared_features is not None:
         rank = len(declared_features)
         if token_model and rank != 2:
@@ -296,13 +307,7 @@ def build_network(
             raise UnsupportedLayerError(
                 f"model input has shape {tuple(declared_features)}; an LSTM model takes (batch, time, features)"
             )
-    n_features = 1 if token_model else (
-        int(declared_features[-1]) if declared_features and declared_features[-1] is not None else lowered[0].input_size
-    )
-    network = Network(n_features=n_features, layers=lowered, source_format=source_format, source_name=source_name,
-                      notes=notes)
     if network.mode == "window":  # (batch, T, features), or (batch, T) token ids
-        declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
         if window and declared_length and int(window) != int(declared_length):
             raise UnsupportedLayerError(
                 f"{source_name}: the model declares windows of {declared_length} steps; --window {window} contradicts it"
@@ -312,47 +317,147 @@ def build_network(
     return network.validate()
 
 
-def _global_pooling(layer: KerasLayer, lowered: list, window, declared_features) -> list:
+class _Lowering:
+    """The network as it is being lowered: its layers, what each reads, and the shape of every
+    value (``(size, is_sequence, length)``), which sizes RepeatVector, pooling and merges."""
+
+    def __init__(self, source_name: str, declared_features, length):
+        self.source_name = source_name
+        self.layers, self.wiring = [], {}
+        self.value_of = {}  # Keras layer name -> the name of the value it gives
+        features = declared_features[-1] if declared_features else None
+        self.shape_of = {INPUT: (int(features) if features is not None else None, True, length)}
+        self.previous = INPUT  # a Sequential's layers read the value before them
+
+    def sources(self, layer: KerasLayer) -> list:
+        if not layer.inputs:
+            return [self.previous]
+        try:
+            return [self.value_of[name] for name in layer.inputs]
+        except KeyError as exc:
+            raise ModelFormatError(f"{self.source_name}: {layer.where()} reads {exc}, which gives no value") from None
+
+    def alias(self, layer: KerasLayer, value: str) -> None:
+        """A layer that passes its input on (InputLayer, Dropout, a linear Activation)."""
+        self.value_of[layer.name] = self.previous = value
+
+    def size(self, value: str, layer: KerasLayer) -> int:
+        size = self.shape_of[value][0]
+        if size is None:
+            raise UnsupportedLayerError(f"{self.source_name}: {layer.where()} reads the model input, whose feature count "
+                                        "the model does not declare (give it an input shape)")
+        return int(size)
+
+    def shape(self, value: str, layer: KerasLayer) -> tuple:
+        return self.shape_of[value]
+
+    def emit(self, keras_layer: KerasLayer, layer, sources: list) -> None:
+        if self.shape_of[INPUT][0] is None and INPUT in sources:  # the input's size from the first layer reading it
+            self.shape_of[INPUT] = (layer.input_size, True, self.shape_of[INPUT][2])
+        self.layers.append(layer)
+        self.wiring[layer.name] = tuple(sources)
+        self.shape_of[layer.name] = shape_after(layer, [self.shape_of[name] for name in sources])
+        self.value_of[keras_layer.name] = self.previous = layer.name
+
+    def network(self, source_format: str, notes: list) -> Network:
+        """The lowered layers as a Network: BatchNormalization folded (a chain) or a diagonal Dense
+        (a graph), an Activation after a linear Dense nothing else reads folded into it."""
+        network = Network(n_features=1, layers=self.layers, source_format=source_format,
+                          source_name=self.source_name, notes=notes, wiring=dict(self.wiring))
+        _fold_activations(network)
+        if network.is_chain:
+            network.wiring = None
+            network.layers = fold_affine_layers(network.layers)
+        else:
+            network.layers = [_affine_as_dense(layer) if isinstance(layer, AffineLayer) else layer for layer in network.layers]
+        token = network.input_kind == "token"
+        size = self.shape_of[INPUT][0]
+        network.n_features = 1 if token else int(size if size is not None else network.layers[0].input_size)
+        return network
+
+
+def _fold_activations(network: Network) -> None:
+    """``Dense(linear) -> Activation(a)`` with nothing else reading the Dense becomes ``Dense(a)``
+    (Keras 2-era models write ``Dense(1), Activation('sigmoid')``): one op fewer, exactly."""
+    by_name = {layer.name: layer for layer in network.layers}
+    readers = network.consumers()
+    for layer in list(network.layers):
+        if not isinstance(layer, ActivationLayer):
+            continue
+        (source,) = network.wiring[layer.name]
+        dense = by_name.get(source)
+        if isinstance(dense, DenseLayer) and dense.activation == "linear" and readers.get(source) == [layer.name]:
+            dense.activation = layer.activation
+            network.layers.remove(layer)
+            for name, sources in network.wiring.items():
+                network.wiring[name] = tuple(source if s == layer.name else s for s in sources)
+            del network.wiring[layer.name]
+
+
+def _affine_as_dense(layer: AffineLayer) -> DenseLayer:
+    """BatchNormalization inside a graph: a diagonal Dense (exact; still one fully-connected op)."""
+    return DenseLayer(layer.name, np.diag(layer.scale).astype(np.float32), layer.shift.astype(np.float32), "linear")
+
+
+def _merge(layer: KerasLayer, sources: list, graph: _Lowering) -> MergeLayer:
+    """Keras' Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate (features axis)."""
+    mode = MERGE_CLASSES[layer.class_name]
+    shapes = [graph.shape(name, layer) for name in sources]
+    sizes = tuple(graph.size(name, layer) for name in sources)
+    if mode == "concatenate":
+        axis = layer.config.get("axis", -1)
+        feature_axis = 2 if shapes[0][1] else 1  # (batch, time, features) or (batch, features)
+        if axis not in (-1, feature_axis):
+            raise UnsupportedLayerError(f"{graph.source_name}: {layer.where()}: concatenates along axis {axis}; only "
+                                        f"along the features (axis -1) is supported")
+    return MergeLayer(layer.name, mode, sizes)
+
+
+def _bidirectional(layer: KerasLayer, cfg: dict, weights: list, keras_major: int) -> BidirectionalLayer:
+    forward_cfg = cfg["layer"]["config"]
+    backward_cfg = (cfg.get("backward_layer") or {}).get("config") or dict(forward_cfg, go_backwards=True)
+    count = len(weights) // 2
+    forward = _recurrent(layer, cfg["layer"]["class_name"], forward_cfg, weights[:count], keras_major,
+                         f"{layer.name}/forward")
+    backward = _recurrent(layer, (cfg.get("backward_layer") or cfg["layer"])["class_name"], backward_cfg,
+                          weights[count:], keras_major, f"{layer.name}/backward")
+    backward.go_backwards = not forward.go_backwards
+    if (forward.kind, forward.units, forward.return_sequences) != (backward.kind, backward.units, backward.return_sequences):
+        raise UnsupportedLayerError(
+            f"{layer.where()}: its backward_layer differs from the forward layer ({backward.kind} "
+            f"{backward.units} units vs {forward.kind} {forward.units}); only mirror-image Bidirectional layers are supported"
+        )
+    return BidirectionalLayer(layer.name, forward, backward, cfg.get("merge_mode", "concat"))
+
+
+def _layer_norm(layer: KerasLayer, weights: list, size: int) -> LayerNormLayer:
+    cfg = layer.config
+    weights = list(weights)
+    gamma = weights.pop(0) if cfg.get("scale", True) else np.ones(size, np.float32)
+    beta = weights.pop(0) if cfg.get("center", True) else np.zeros(size, np.float32)
+    for what, array in (("gamma", gamma), ("beta", beta)):
+        _check_shape(layer, what, array, (size,))
+    return LayerNormLayer(layer.name, gamma, beta, float(cfg.get("epsilon", 1e-3)))
+
+
+def _global_pooling(layer: KerasLayer, sources: list, graph: _Lowering) -> None:
     """Global average or max pooling over time as the window layers already lowered everywhere
     (numpy reference, TFLite and ONNX window graphs): one pooling window as long as the sequence
     at that point, then its one timestep (the sequence becomes a vector). Needs that length: the
     model's declared input length or ``--window``."""
-    if not window:
+    _, sequence, length = graph.shape(sources[0], layer)
+    if graph.shape_of[INPUT][2] is None:
         raise UnsupportedLayerError(
             f"{layer.where()}: global pooling needs a fixed window: a model with a declared input length "
             "(keras.Input((T, features))) or edgelstm convert --window T")
-    length = int(window)
-    for previous in lowered:
-        if isinstance(previous, (LSTMLayer, GRULayer, BidirectionalLayer)) and not previous.return_sequences:
-            length = None
-        elif isinstance(previous, (Conv1DLayer, Pooling1DLayer)):
-            length = previous.output_length(length) if length else length
-        elif isinstance(previous, RepeatVectorLayer):
-            length = previous.times
-        elif isinstance(previous, TimestepLayer):
-            length = None
-    if not length or length < 1:
+    if not sequence or not length or length < 1:
         raise UnsupportedLayerError(f"{layer.where()}: its input is not a sequence (a recurrent layer before it "
                                     "has return_sequences=False)")
-    size = lowered[-1].output_size if lowered else int(declared_features[-1])
+    size = graph.size(sources[0], layer)
     mode = "max" if layer.class_name.startswith("GlobalMax") else "average"
-    return [Pooling1DLayer(f"{layer.name}/pool", mode, length, length, int(size)),
-            TimestepLayer(f"{layer.name}/step", 0, int(size))]
-
-
-def _activation(layer: KerasLayer, lowered: list, keras_major: int):
-    """An ``Activation`` layer: nothing for ``linear``; folded into the Dense before it when that
-    Dense is linear (Keras 2-era models write ``Dense(1), Activation('sigmoid')``); else refused."""
-    name = activation_name(layer.config.get("activation"), keras_major, layer, "activation")
-    if name == "linear":
-        return None
-    previous = lowered[-1] if lowered else None
-    if isinstance(previous, DenseLayer) and previous.activation == "linear":
-        previous.activation = name
-        return None
-    raise UnsupportedLayerError(
-        f"{layer.where()}: Activation('{name}') is supported after a Dense with a linear activation (or as "
-        f"'linear'), not after {type(previous).__name__ if previous else 'the input'}")
+    pool = Pooling1DLayer(f"{layer.name}/pool", mode, length, length, size)
+    graph.emit(layer, pool, sources)
+    graph.emit(layer, TimestepLayer(f"{layer.name}/step", 0, size), [pool.name])
 
 
 def _check_shape(layer: KerasLayer, what: str, array: np.ndarray, expected: tuple) -> None:
@@ -377,36 +482,64 @@ def declared_input_shape(shape) -> list | None:
     return None if shape is None else list(shape)
 
 
-def chain_from_functional(layer_configs: list, keras_major: int, source_name: str) -> list:
-    """Order the layers of a functional model as a chain, refusing branches and merges."""
-    by_name = {cfg["config"]["name"] if "name" not in cfg else cfg["name"]: cfg for cfg in layer_configs}
-    parents = {}
-    for name, cfg in by_name.items():
-        inbound = _inbound_names(cfg.get("inbound_nodes", []))
-        if len(inbound) > 1:
-            raise UnsupportedLayerError(
-                f"{source_name}: layer '{name}' ({cfg['class_name']}) takes several inputs "
-                f"({', '.join(inbound)}); only chains of layers are supported"
-            )
-        parents[name] = inbound[0] if inbound else None
-    children = {}
-    for name, parent in parents.items():
-        if parent is not None:
-            if parent in children:
-                raise UnsupportedLayerError(
-                    f"{source_name}: layer '{parent}' feeds several layers; only chains of layers are supported"
-                )
-            children[parent] = name
-    roots = [name for name, parent in parents.items() if parent is None]
+def graph_from_functional(layer_configs: list, model_config: dict, source_name: str) -> list:
+    """A functional model's layers in dependency order (each after the layers it reads), with the
+    names each reads: ``[(layer config, [input names]), ...]``. One input and one output; a layer
+    called more than once (a shared layer) and cycles are refused."""
+    by_name, order = {}, []
+    for cfg in layer_configs:
+        name = (cfg.get("config") or {}).get("name") or cfg.get("name")
+        if not isinstance(name, str) or name in by_name:
+            raise ModelFormatError(f"{source_name}: layer {len(order)} has {'no name' if not isinstance(name, str) else f'the name {name!r} of another layer'}")
+        by_name[name] = cfg
+        order.append(name)
+    inbound = {}
+    for name in order:
+        nodes = by_name[name].get("inbound_nodes") or []
+        if not isinstance(nodes, list):
+            raise ModelFormatError(f"{source_name}: layer '{name}': inbound_nodes is not a list")
+        if len(nodes) > 1:
+            raise UnsupportedLayerError(f"{source_name}: layer '{name}' ({by_name[name].get('class_name')}) is called "
+                                        f"{len(nodes)} times (a shared layer); each layer may be called once")
+        inbound[name] = _inbound_names(nodes)
+        for source in inbound[name]:
+            if source not in by_name:
+                raise ModelFormatError(f"{source_name}: layer '{name}' reads '{source}', which is not a layer of the model")
+    roots = [name for name in order if not inbound[name]]
     if len(roots) != 1:
-        raise UnsupportedLayerError(f"{source_name}: the model has {len(roots)} inputs; exactly one is supported")
-    order, name = [], roots[0]
-    while name is not None:
-        order.append(by_name[name])
-        name = children.get(name)
-    if len(order) != len(by_name):
-        raise UnsupportedLayerError(f"{source_name}: the layers do not form one chain")
-    return order
+        raise UnsupportedLayerError(f"{source_name}: the model has {len(roots)} inputs ({', '.join(roots)}); "
+                                    "exactly one is supported")
+    outputs = _layer_refs(model_config.get("output_layers")) or [n for n in order if not any(n in v for v in inbound.values())]
+    if len(outputs) != 1:
+        raise UnsupportedLayerError(f"{source_name}: the model has {len(outputs)} outputs ({', '.join(map(str, outputs))}); "
+                                    "one output is supported (the step model returns one y)")
+    needed, todo = set(), [outputs[0]]
+    while todo:  # the output's ancestors: what the output is computed from
+        name = todo.pop()
+        if name not in by_name:
+            raise ModelFormatError(f"{source_name}: the model's output '{name}' is not one of its layers")
+        if name not in needed:
+            needed.add(name)
+            todo.extend(inbound[name])
+    placed, result = set(), []
+    pending = [name for name in order if name in needed]
+    while pending:  # dependency order, the file's order where it allows
+        ready = next((name for name in pending if all(source in placed for source in inbound[name])), None)
+        if ready is None:
+            raise ModelFormatError(f"{source_name}: the layers {', '.join(pending)} read each other in a cycle")
+        pending.remove(ready)
+        placed.add(ready)
+        result.append((by_name[ready], inbound[ready]))
+    return result
+
+
+def _layer_refs(value) -> list:
+    """Layer names from a model's ``input_layers``/``output_layers``: ``[name, node, tensor]`` or a list of them."""
+    if not isinstance(value, list) or not value:
+        return []
+    if isinstance(value[0], str):
+        return [value[0]]
+    return [entry[0] for entry in value if isinstance(entry, list) and entry and isinstance(entry[0], str)]
 
 
 def _inbound_names(nodes) -> list:
@@ -425,7 +558,8 @@ def _inbound_names(nodes) -> list:
 
 
 def layers_from_model_config(model_config: dict, keras_major: int, source_name: str) -> tuple:
-    """Return ``(chain of KerasLayer, declared input shape or None)`` from a model's JSON config."""
+    """Return ``(layers as KerasLayer, declared input shape or None)`` from a model's JSON config: a
+    Sequential's chain, or a functional model's layers in dependency order, each naming its inputs."""
     if not isinstance(model_config, dict):
         raise ModelFormatError(f"{source_name}: the model config is a {type(model_config).__name__}, not an object")
     cls = model_config.get("class_name")
@@ -439,11 +573,13 @@ def layers_from_model_config(model_config: dict, keras_major: int, source_name: 
         if not isinstance(raw, dict) or not isinstance(raw.get("config", {}), dict):
             raise ModelFormatError(f"{source_name}: layer {position} of the config is not a layer object ({str(raw)[:80]!r})")
     if cls != "Sequential":
-        raw_layers = chain_from_functional(raw_layers, keras_major, source_name)
+        wired = graph_from_functional(raw_layers, config, source_name)
+    else:
+        wired = [(raw, []) for raw in raw_layers]
     declared = None
     chain = []
     position = 0
-    for raw in raw_layers:
+    for raw, inputs in wired:
         layer_cls = raw.get("class_name")
         layer_cfg = raw.get("config") or {}
         name = layer_cfg.get("name") or raw.get("name") or f"layer_{position}"
@@ -465,6 +601,7 @@ def layers_from_model_config(model_config: dict, keras_major: int, source_name: 
                 config=layer_cfg,
                 module=raw.get("module"),
                 registered_name=raw.get("registered_name") if raw.get("registered_name") != layer_cls else None,
+                inputs=tuple(inputs),
             )
         )
         position += 1

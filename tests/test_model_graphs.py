@@ -1,0 +1,218 @@
+"""Functional Keras models that are graphs, not chains: residual connections, parallel branches,
+merges and LayerNormalization. A graph whose recurrent layers run forward in time and whose other
+layers act per timestep is a step model (it streams one reading per call); a graph with a layer
+that looks across time is a window model. Each matches the framework within 1e-5 in the numpy
+reference and in the float TFLite and ONNX exports, and quantizes to int8."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgelstm
+from edgelstm.convert.importers import load_network
+from edgelstm.errors import UnsupportedLayerError
+from edgelstm.model.reference import Reference
+
+from .conftest import run_cli
+
+F = 4
+
+
+def _randomize(model, seed=0, scale=0.4):
+    """Random weights of a useful size (fresh LayerNormalization is gamma 1, beta 0: it would hide bugs)."""
+    generator = np.random.default_rng(seed)
+    for weight in model.weights:
+        center = 1.0 if "gamma" in weight.path else 0.0
+        weight.assign((center + generator.normal(0.0, scale, weight.shape)).astype("float32"))
+    return model
+
+
+def _residual_gru_stack(L, x):
+    """Two GRUs with a residual Add and LayerNormalization after it, as recent RUL papers build them."""
+    first = L.GRU(12, return_sequences=True)(x)
+    second = L.GRU(12, return_sequences=True)(first)
+    normed = L.LayerNormalization()(L.Add()([first, second]))
+    return L.Dense(1)(L.Dense(6, activation="relu")(normed))
+
+
+def _float_step_outputs(network, sequence):
+    """The float32 TFLite and ONNX step models built straight from the network, stepped over ``sequence``."""
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgelstm.convert.export import onnx_step, tflite_step
+    from edgelstm.convert.export.state_plan import StatePlan
+
+    plan = StatePlan.single(network)
+    runner = Interpreter(model_content=tflite_step.convert(network, plan, "float32")).get_signature_runner()
+    session = onnxruntime.InferenceSession(onnx_step.build_float_model(network, plan).SerializeToString())
+    results = []
+    for step in ("tflite", "onnx"):
+        state = {name: np.zeros((1, size), np.float32) for name, size in zip(network.state_names(), network.state_sizes())}
+        outputs = []
+        for x in sequence:
+            feed = {"x": x[None].astype(np.float32), **state}
+            if step == "tflite":
+                got = runner(**feed)
+            else:
+                names = [o.name for o in session.get_outputs()]
+                got = dict(zip(names, session.run(names, feed)))
+            state = {name: got[f"{name}_out"] for name in state}
+            outputs.append(got["y"][0])
+        results.append(np.array(outputs))
+    return results
+
+
+MERGES = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"]
+
+
+@pytest.mark.parametrize("merge", MERGES)
+def test_merge_layers_in_a_step_model_match_keras(keras, tmp_path, merge):
+    """Each Keras merge layer joining an LSTM branch and a GRU branch of one input: a step model,
+    exact in the reference and in the float step exports."""
+    L = keras.layers
+    x = keras.Input((None, F))
+    branches = [L.LSTM(6, return_sequences=True)(x), L.GRU(6, return_sequences=True)(x)]
+    model = _randomize(keras.Model(x, L.Dense(2)(getattr(L, merge)()(branches))))
+    model.save(tmp_path / "m.keras")
+    network = load_network(tmp_path / "m.keras")
+    assert network.mode == "step" and not network.is_chain
+    assert [layer.kind for layer in network.layers] == ["lstm", "gru", "merge", "dense"]
+    sequence = np.random.default_rng(1).normal(size=(15, F)).astype("float32")
+    expected = model.predict(sequence[None], verbose=0)[0]
+    outputs, _ = Reference(network).run(sequence)
+    assert np.max(np.abs(outputs - expected)) <= 1e-5
+    for got in _float_step_outputs(network, sequence):
+        assert np.max(np.abs(got - expected)) <= 1e-5, merge
+
+
+def test_residual_gru_stack_streams_one_reading_per_call(keras, tmp_path):
+    """The residual GRU stack with LayerNormalization is a step model: converted to float32 and int8
+    TFLite and ONNX, ``edgelstm.load(...).step()`` one reading per call matches Keras on held-out
+    sequences, and the report gives the int8 error."""
+    L = keras.layers
+    x = keras.Input((None, F))
+    model = _randomize(keras.Model(x, _residual_gru_stack(L, x)), scale=0.3)
+    model.save(tmp_path / "residual.keras")
+    generator = np.random.default_rng(2)
+    np.save(tmp_path / "calib.npy", generator.normal(size=(24, 60, F)).astype("float32"))
+    run_cli("convert", tmp_path / "residual.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--long-steps", "500", "--quiet")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["network"]["mode"] == "step" and manifest["network"]["graph"]
+    assert [s["name"] for s in manifest["state"]] == ["h_0", "h_1"]
+    assert {"step_int8.tflite", "step_int8_stream.tflite", "step_int8.onnx", "step_float32.onnx"} <= {
+        m["file"] for m in manifest["models"]}
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for name in ("tflite int8", "tflite int8 stream", "onnx int8"):
+        assert 0 < report["models"][name]["relative_rmse"] < 0.1, (name, report["models"][name])
+    assert report["models"]["tflite float32"]["max_abs_error"] <= 1e-5
+
+    held_out = generator.normal(size=(3, 30, F)).astype("float32")
+    expected = model.predict(held_out, verbose=0)  # (3, 30, 1): every step, as the stream gives it
+    spread = float(np.std(expected))
+    for backend, quant in (("litert", "float32"), ("onnxruntime", "float32"), ("numpy", None), ("litert", "int8")):
+        got = []
+        for sequence in held_out:
+            runtime = edgelstm.load(tmp_path / "b", backend=backend, model=quant)
+            got.append([runtime.step(reading).copy() for reading in sequence])
+        got = np.array(got).reshape(expected.shape)
+        if quant == "int8":  # the report's measure: RMSE over every step, relative to the output's spread
+            assert np.sqrt(np.mean((got - expected) ** 2)) / spread < 0.1
+        else:
+            assert np.max(np.abs(got - expected)) <= 1e-5, backend
+
+
+def test_residual_gru_stack_from_keras2_hdf5_matches(tmp_path):
+    """The same graph saved by tf-keras as HDF5 (Keras 2's functional config: inbound nodes as
+    ``[name, node, tensor, kwargs]`` lists)."""
+    tf_keras = pytest.importorskip("tf_keras")
+    L = tf_keras.layers
+    x = tf_keras.Input((None, F))
+    model = tf_keras.Model(x, _residual_gru_stack(L, x))
+    generator = np.random.default_rng(3)
+    for weight in model.weights:
+        weight.assign((("gamma" in weight.name) + generator.normal(0.0, 0.3, weight.shape)).astype("float32"))
+    model.save(tmp_path / "residual.h5")
+    network = load_network(tmp_path / "residual.h5")
+    assert network.mode == "step" and not network.is_chain
+    batch = generator.normal(size=(2, 20, F)).astype("float32")
+    assert np.max(np.abs(Reference(network).predict(batch) - model.predict(batch, verbose=0))) <= 1e-5
+
+
+def test_parallel_branches_window_model_matches_keras(keras, tmp_path):
+    """A Conv1D branch and an LSTM branch concatenated per timestep, then global pooling: a
+    window model (the convolution looks across time), exact in the float window exports."""
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgelstm.convert.export import onnx_window, tflite_window
+
+    L = keras.layers
+    T = 10
+    x = keras.Input((T, F))
+    conv = L.Conv1D(5, 3, padding="causal", activation="relu")(x)
+    lstm = L.LSTM(7, return_sequences=True)(x)
+    merged = L.Concatenate()([conv, lstm])
+    pooled = L.GlobalAveragePooling1D()(L.LayerNormalization()(merged))
+    model = _randomize(keras.Model(x, L.Dense(1, activation="sigmoid")(pooled)))
+    model.save(tmp_path / "w.keras")
+    network = load_network(tmp_path / "w.keras")
+    assert network.mode == "window" and network.window == T
+    batch = np.random.default_rng(4).normal(size=(1, T, F)).astype("float32")
+    expected = model.predict(batch, verbose=0)
+    assert np.max(np.abs(Reference(network).predict(batch) - expected)) <= 1e-5
+    runner = Interpreter(model_content=tflite_window.convert(network, "float32")).get_signature_runner()
+    assert np.max(np.abs(runner(x=batch)["y"] - expected)) <= 1e-5
+    session = onnxruntime.InferenceSession(onnx_window.build_float_model(network).SerializeToString())
+    assert np.max(np.abs(session.run(["y"], {"x": batch})[0] - expected)) <= 1e-5
+
+
+def test_activation_anywhere_and_batch_norm_in_a_graph(keras, tmp_path):
+    """An Activation after a recurrent layer stays a layer of its own; after a linear Dense nothing
+    else reads it folds into that Dense; BatchNormalization in a graph becomes a diagonal Dense."""
+    L = keras.layers
+    x = keras.Input((None, F))
+    lstm = L.LSTM(6, return_sequences=True)(x)
+    skip = L.Activation("tanh")(L.Dense(6)(x))
+    joined = L.BatchNormalization()(L.Add()([L.Activation("relu")(lstm), skip]))
+    model = _randomize(keras.Model(x, L.Dense(1)(joined)))
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights([np.abs(w) + 0.5 for w in layer.get_weights()])
+    model.save(tmp_path / "m.keras")
+    network = load_network(tmp_path / "m.keras")
+    kinds = [layer.kind for layer in network.layers]
+    assert kinds.count("activation") == 1 and kinds.count("dense") == 3, kinds
+    batch = np.random.default_rng(5).normal(size=(2, 9, F)).astype("float32")
+    assert np.max(np.abs(Reference(network).predict(batch) - model.predict(batch, verbose=0))) <= 1e-5
+
+
+@pytest.mark.parametrize("build, message", [
+    ("two_inputs", r"2 inputs \(.*\); exactly one is supported"),
+    ("shared_layer", r"layer 'shared' \(Dense\) is called 2 times \(a shared layer\)"),
+    ("time_concatenate", r"layer \d+ 'concatenate\w*' \(Concatenate\): concatenates along axis 1"),
+    ("two_outputs", r"2 outputs \(.*\); one output is supported"),
+])
+def test_graphs_that_do_not_convert_are_refused_by_name(keras, tmp_path, build, message):
+    L = keras.layers
+    x = keras.Input((None, F))
+    if build == "two_inputs":
+        other = keras.Input((None, F))
+        model = keras.Model([x, other], L.Dense(1)(L.LSTM(4)(L.Add()([x, other]))))
+    elif build == "shared_layer":
+        shared = L.Dense(4, name="shared")
+        model = keras.Model(x, L.LSTM(3)(L.Add()([shared(x), shared(L.Dense(F)(x))])))
+    elif build == "time_concatenate":
+        model = keras.Model(x, L.LSTM(3)(L.Concatenate(axis=1)([x, L.Dense(F)(x)])))
+    else:
+        lstm = L.LSTM(6)(x)
+        model = keras.Model(x, [L.Dense(1)(lstm), L.Dense(2)(lstm)])
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(UnsupportedLayerError, match=message):
+        load_network(tmp_path / "m.keras")
+    result = run_cli("inspect", tmp_path / "m.keras", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
