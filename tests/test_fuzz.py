@@ -145,6 +145,58 @@ def test_a_mutated_keras_archive_is_a_named_error(data, archive_members, tmp_pat
         pass
 
 
+@pytest.fixture(scope="module")
+def graph_archive(tmp_path_factory):
+    """A functional graph (a residual Add, LayerNormalization, MultiHeadAttention, a Concatenate of
+    the input) as a Keras 3 archive: its members and its config."""
+    import keras
+
+    L = keras.layers
+    x = keras.Input((8, 3))
+    first = L.GRU(4, return_sequences=True)(x)
+    joined = L.LayerNormalization()(L.Add()([first, L.GRU(4, return_sequences=True)(first)]))
+    attended = L.MultiHeadAttention(num_heads=2, key_dim=2)(joined, joined, use_causal_mask=True)
+    model = keras.Model(x, L.Dense(1)(L.GlobalAveragePooling1D()(L.Concatenate()([attended, x]))))
+    path = tmp_path_factory.mktemp("graph") / "g.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    return members, json.loads(members["config.json"])
+
+
+@BUDGET
+@seed(19)
+@given(data=st.data())
+def test_a_mutated_graph_config_is_a_named_error(data, graph_archive, tmp_path_factory):
+    """Any field of a functional graph's config replaced or deleted (inbound nodes, names, call
+    options, classes): loading ends in an EdgeLSTMError or a network, never another exception."""
+    from edgelstm.convert.importers import load_network
+
+    members, config = graph_archive
+    config = json.loads(json.dumps(config))
+    paths = [p for p in _paths(config) if p]
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        path = data.draw(st.sampled_from(paths), label="path")
+        parent = config
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if data.draw(st.booleans(), label="delete") and isinstance(parent, dict):
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = data.draw(JSON_VALUES, label="value")
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path
+    archive_path = tmp_path_factory.mktemp("graph") / "g.keras"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for member, payload in members.items():
+            archive.writestr(member, json.dumps(config).encode() if member == "config.json" else payload)
+    try:
+        load_network(archive_path)
+    except EdgeLSTMError:
+        pass
+
+
 ARGUMENT_WORDS = st.sampled_from([
     "convert", "inspect", "run", "profile", "bridge", "targets", "bundle-add", "--quant", "int4", "int8",
     "--formats", "tflite", "--out", "/nonexistent/x", "--input", "nofile.csv", "--sink", "prometheus:abc",

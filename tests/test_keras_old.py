@@ -138,11 +138,17 @@ def test_damaged_old_configs_are_refused_by_name(config, message, tmp_path):
         load_network(path)
 
 
-def test_an_activation_after_a_recurrent_layer_is_refused_by_name(model, tmp_path):
-    path = tmp_path / "act.h5"
-    layers = [{"class_name": "LSTM", "config": {"name": "lstm_1", "units": 4, "batch_input_shape": [None, None, 5]}},
-              {"class_name": "Activation", "config": {"name": "act", "activation": "relu"}}]
-    _write(path, layers, {"lstm_1": [("k", np.zeros((5, 16), np.float32)), ("r", np.zeros((4, 16), np.float32)),
-                                     ("b", np.zeros(16, np.float32))]}, "2.0.5")
-    with pytest.raises(UnsupportedLayerError, match=r"layer 1 'act' \(Activation\).*after a Dense"):
-        load_network(path)
+def test_an_activation_after_a_recurrent_layer_is_a_layer_of_its_own(model, tmp_path):
+    """No Dense to fold into: the Activation stays (a per-timestep layer); an activation edgelstm
+    does not know is refused naming the layer."""
+    for activation in ("relu", "elu"):
+        path = tmp_path / f"act_{activation}.h5"
+        layers = [{"class_name": "LSTM", "config": {"name": "lstm_1", "units": 4, "batch_input_shape": [None, None, 5]}},
+                  {"class_name": "Activation", "config": {"name": "act", "activation": activation}}]
+        _write(path, layers, {"lstm_1": [("k", np.zeros((5, 16), np.float32)), ("r", np.zeros((4, 16), np.float32)),
+                                         ("b", np.zeros(16, np.float32))]}, "2.0.5")
+        if activation == "relu":
+            assert [layer.kind for layer in load_network(path).layers] == ["lstm", "activation"]
+        else:
+            with pytest.raises(UnsupportedLayerError, match=r"layer 1 'act' \(Activation\): activation 'elu'"):
+                load_network(path)

@@ -216,3 +216,105 @@ def test_graphs_that_do_not_convert_are_refused_by_name(keras, tmp_path, build, 
         load_network(tmp_path / "m.keras")
     result = run_cli("inspect", tmp_path / "m.keras", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+T = 10
+
+
+def _attention_case(keras, case):
+    L = keras.layers
+    x = keras.Input((T, F))
+    lstm = L.LSTM(6, return_sequences=True)(x)
+    if case == "attention_lstm":  # the attention LSTM for RUL: self-attention over the LSTM's outputs
+        attended = L.Attention()([lstm, lstm])
+    elif case == "attention_scaled_causal":
+        attended = L.Attention(use_scale=True)([lstm, L.Dense(5)(lstm), lstm], use_causal_mask=True)
+    elif case == "multi_head_self":
+        attended = L.MultiHeadAttention(num_heads=2, key_dim=4)(lstm, lstm)
+    else:  # cross attention: query from the LSTM, value and key from a convolution, causal
+        conv = L.Conv1D(5, 3, padding="causal")(x)
+        attended = L.MultiHeadAttention(num_heads=3, key_dim=2, value_dim=3, output_shape=4)(
+            lstm, conv, key=L.Dense(4)(conv), use_causal_mask=True)
+    pooled = L.GlobalAveragePooling1D()(L.Concatenate()([lstm, attended]))
+    return keras.Model(x, L.Dense(1)(pooled))
+
+
+@pytest.mark.parametrize("case", ["attention_lstm", "attention_scaled_causal", "multi_head_self", "multi_head_cross_causal"])
+def test_attention_window_models_match_keras(keras, tmp_path, case):
+    """Attention and MultiHeadAttention (self and cross, causal masks, key/value/output dims) in the
+    numpy reference and the float TFLite and ONNX window graphs: within 1e-5 of Keras."""
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgelstm.convert.export import onnx_window, tflite_window
+
+    model = _randomize(_attention_case(keras, case), scale=0.5)
+    model.save(tmp_path / "a.keras")
+    network = load_network(tmp_path / "a.keras")
+    assert network.mode == "window" and network.window == T
+    batch = np.random.default_rng(6).normal(size=(1, T, F)).astype("float32")
+    expected = model.predict(batch, verbose=0)
+    assert np.max(np.abs(Reference(network).predict(batch) - expected)) <= 1e-5
+    runner = Interpreter(model_content=tflite_window.convert(network, "float32")).get_signature_runner()
+    assert np.max(np.abs(runner(x=batch)["y"] - expected)) <= 1e-5
+    session = onnxruntime.InferenceSession(onnx_window.build_float_model(network).SerializeToString())
+    assert np.max(np.abs(session.run(["y"], {"x": batch})[0] - expected)) <= 1e-5
+
+
+def test_attention_from_keras2_hdf5_matches(tmp_path):
+    """tf-keras HDF5: MultiHeadAttention (its projections stored query, key, value, output; the value
+    passed as a keyword) and a scaled Attention, both causal (``use_causal_mask`` in the call)."""
+    tf_keras = pytest.importorskip("tf_keras")
+    L = tf_keras.layers
+    x = tf_keras.Input((T, F))
+    lstm = L.LSTM(6, return_sequences=True)(x)
+    heads = L.MultiHeadAttention(num_heads=2, key_dim=3)(lstm, lstm, use_causal_mask=True)
+    scaled = L.Attention(use_scale=True)([lstm, lstm], use_causal_mask=True)
+    model = tf_keras.Model(x, L.Dense(1)(L.GlobalAveragePooling1D()(L.Concatenate()([lstm, heads, scaled]))))
+    generator = np.random.default_rng(7)
+    for weight in model.weights:
+        weight.assign(generator.normal(0.0, 0.5, weight.shape).astype("float32"))
+    model.save(tmp_path / "a.h5")
+    network = load_network(tmp_path / "a.h5")
+    assert [getattr(layer, "causal", None) for layer in network.layers if "attention" in layer.kind] == [True, True]
+    batch = generator.normal(size=(2, T, F)).astype("float32")
+    assert np.max(np.abs(Reference(network).predict(batch) - model.predict(batch, verbose=0))) <= 1e-5
+
+
+def test_guides_hybrid_model_converts_and_streams(keras, tmp_path):
+    """The guide's hybrid text model: Embedding, Bidirectional(LSTM(64)), MultiHeadAttention(4 heads,
+    key_dim 64) over it, Concatenate, GlobalAveragePooling1D, Dense(sigmoid). Converted to float32 and
+    int8 TFLite and ONNX; the float exports match Keras, the runtime steps it one token per call, and
+    ``inspect --target coral-usb`` says which ops stay on the CPU (BATCH_MATMUL is not an Edge TPU op)."""
+    L = keras.layers
+    length, vocabulary = 12, 40
+    x = keras.Input((length,), dtype="int32")
+    recurrent = L.Bidirectional(L.LSTM(64, return_sequences=True))(L.Embedding(vocabulary, 16)(x))
+    attended = L.MultiHeadAttention(num_heads=4, key_dim=64)(recurrent, recurrent)
+    pooled = L.GlobalAveragePooling1D()(L.Concatenate()([recurrent, attended]))
+    model = _randomize(keras.Model(x, L.Dense(1, activation="sigmoid")(pooled)), scale=0.15)
+    model.save(tmp_path / "hybrid.keras")
+    generator = np.random.default_rng(8)
+    np.save(tmp_path / "tokens.npy", generator.integers(0, vocabulary, size=(30, 48)))
+    run_cli("convert", tmp_path / "hybrid.keras", "--calibration", tmp_path / "tokens.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--window-samples", "200", "--eval-windows", "150", "--quiet")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["network"]["mode"] == "window" and manifest["input"]["kind"] == "token"
+    assert {"window_int8.tflite", "window_int8.onnx", "window_float32.tflite", "window_float32.onnx"} <= {
+        m["file"] for m in manifest["models"]}
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["models"]["tflite float32"]["max_abs_error"] <= 1e-5
+    for name in ("tflite int8", "onnx int8"):
+        assert 0 < report["models"][name]["max_abs_error"] < 0.05, (name, report["models"][name])
+
+    tokens = generator.integers(0, vocabulary, size=length + 4)
+    expected = np.concatenate([model.predict(tokens[t - length + 1 : t + 1][None], verbose=0)
+                               for t in range(length - 1, len(tokens))])  # (steps, 1)
+    for backend, quant, tolerance in (("litert", "float32", 1e-5), ("onnxruntime", "float32", 1e-5), ("numpy", None, 1e-5),
+                                      ("litert", "int8", 0.05)):
+        runtime = edgelstm.load(tmp_path / "b", backend=backend, model=quant)
+        outputs = np.array([runtime.step(token).copy() for token in tokens]).reshape(len(tokens), 1)
+        assert np.isnan(outputs[: length - 1]).all()
+        assert np.max(np.abs(outputs[length - 1 :] - expected)) <= tolerance, (backend, quant)
+    result = run_cli("inspect", tmp_path / "b" / "window_int8.tflite", "--target", "coral-usb")
+    assert "BATCH_MATMUL is not in the Edge TPU's supported operations" in result.stdout

@@ -309,8 +309,93 @@ class TimestepLayer:
                 "index": self.index, "parameters": 0}
 
 
+@dataclass
+class AttentionLayer:
+    """Dot-product attention (Keras' ``Attention``, Luong style) over sequences: inputs
+    ``[query, value]`` or ``[query, value, key]`` (key defaults to value);
+    ``scores = scale * query key^T``, ``y = softmax(scores) value`` over the keys. ``causal``: query
+    step ``i`` sees keys ``0..i`` only (``use_causal_mask=True``). A window layer."""
+
+    name: str
+    sizes: tuple  # features of query, value (and key)
+    scale: float = 1.0  # the learned scalar of use_scale=True
+    causal: bool = False
+
+    kind = "attention"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return int(self.sizes[0])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.sizes[1])
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
+                "sizes": [int(s) for s in self.sizes], "scale": float(self.scale), "causal": self.causal,
+                "parameters": 0}
+
+
+@dataclass
+class MultiHeadAttentionLayer:
+    """Keras' ``MultiHeadAttention`` (and torch's ``nn.MultiheadAttention``) over sequences: inputs
+    ``[query, value]`` or ``[query, value, key]``. Per head ``h``: ``q = query Wq[:, h] + bq[h]`` (and
+    ``k``, ``v`` alike), ``a = softmax(q k^T / sqrt(key_dim)) v``; ``y = sum_h a_h Wo[h] + bo``.
+    ``causal``: query step ``i`` sees keys ``0..i`` only. A window layer."""
+
+    name: str
+    query_kernel: np.ndarray  # (query features, heads, key_dim)
+    query_bias: np.ndarray  # (heads, key_dim)
+    key_kernel: np.ndarray  # (key features, heads, key_dim)
+    key_bias: np.ndarray
+    value_kernel: np.ndarray  # (value features, heads, value_dim)
+    value_bias: np.ndarray  # (heads, value_dim)
+    output_kernel: np.ndarray  # (heads, value_dim, outputs)
+    output_bias: np.ndarray  # (outputs,)
+    causal: bool = False
+
+    kind = "multi_head_attention"
+
+    @property
+    def heads(self) -> int:
+        return int(self.query_kernel.shape[1])
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.query_kernel.shape[2])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.query_kernel.shape[0])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.output_kernel.shape[2])
+
+    @property
+    def input_sizes(self) -> tuple:
+        """Features of query, value and key."""
+        return int(self.query_kernel.shape[0]), int(self.value_kernel.shape[0]), int(self.key_kernel.shape[0])
+
+    @property
+    def parameter_count(self) -> int:
+        return int(sum(getattr(self, name).size for name in MULTI_HEAD_ARRAYS))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
+                "heads": self.heads, "key_dim": self.key_dim, "value_dim": int(self.value_kernel.shape[2]),
+                "causal": self.causal, "parameters": self.parameter_count}
+
+
+#: The arrays of a :class:`MultiHeadAttentionLayer`, in the order files store them here.
+MULTI_HEAD_ARRAYS = ("query_kernel", "query_bias", "key_kernel", "key_bias", "value_kernel", "value_bias",
+                     "output_kernel", "output_bias")
+
 #: Layers only a window network has.
-WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer, TimestepLayer)
+WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer, TimestepLayer, AttentionLayer,
+               MultiHeadAttentionLayer)
 
 #: What a :class:`MergeLayer` computes from its inputs (Keras' merge layers).
 MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
@@ -596,6 +681,8 @@ class Network:
                 where = f"layer {positions[layer.name]} '{layer.name}'"
                 if isinstance(layer, MergeLayer):
                     _check_merge(layer, inputs, where)
+                elif isinstance(layer, (AttentionLayer, MultiHeadAttentionLayer)):
+                    _check_attention(layer, inputs, where)
                 else:
                     _check_layer(self, layer, positions[layer.name], *inputs[0], where)
             return shape_after(layer, inputs)
@@ -720,6 +807,30 @@ def shape_after(layer, inputs: list) -> tuple:
     elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)) and length is not None:
         length = layer.output_length(length)
     return layer.output_size, sequence, length
+
+
+def _check_attention(layer, inputs: list, where: str) -> None:
+    """Attention reads ``[query, value]`` or ``[query, value, key]``, each a sequence; keys and values
+    of one length; query and key features as the layer's weights (or, without weights, equal)."""
+    if len(inputs) not in (2, 3):
+        raise UnsupportedLayerError(f"{where} ({layer.kind}): reads query, value and optionally key; gets {len(inputs)} inputs")
+    if not all(sequence for _, sequence, _ in inputs):
+        raise UnsupportedLayerError(f"{where} ({layer.kind}): its query, value and key must be sequences")
+    sizes = [size for size, _, _ in inputs]
+    if len(inputs) == 2:
+        sizes.append(sizes[1])
+    lengths = [length for _, _, length in inputs] + ([inputs[1][2]] if len(inputs) == 2 else [])
+    if lengths[1] != lengths[2]:
+        raise UnsupportedLayerError(f"{where} ({layer.kind}): its value and key have different lengths")
+    if isinstance(layer, MultiHeadAttentionLayer):
+        expected = list(layer.input_sizes)
+    else:
+        expected = [int(s) for s in layer.sizes] + ([int(layer.sizes[1])] if len(layer.sizes) == 2 else [])
+        if sizes[0] != sizes[2]:
+            raise UnsupportedLayerError(f"{where} (attention): query ({sizes[0]}) and key ({sizes[2]}) features differ")
+    if sizes != expected:
+        raise UnsupportedLayerError(f"{where} ({layer.kind}): expects query, value, key of {tuple(expected)} features, "
+                                    f"gets {tuple(sizes)}")
 
 
 def _check_merge(layer: MergeLayer, inputs: list, where: str) -> None:

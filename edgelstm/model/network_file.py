@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.errors import BundleError
-from .network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+from .network import (MULTI_HEAD_ARRAYS, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
                       LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 _ARRAYS = {
@@ -20,6 +20,7 @@ _ARRAYS = {
     "conv1d": ("kernel", "bias"),
     "embedding": ("table",),
     "layer_norm": ("gamma", "beta"),
+    "multi_head_attention": MULTI_HEAD_ARRAYS,
 }
 
 
@@ -64,6 +65,10 @@ def _load_layer(weights: dict, prefix: str, spec: dict):
         return RepeatVectorLayer(spec["name"], int(spec["times"]), int(spec["units"]))
     if kind == "timestep":
         return TimestepLayer(spec["name"], int(spec["index"]), int(spec["units"]))
+    if kind == "attention":
+        return AttentionLayer(spec["name"], tuple(int(size) for size in spec["sizes"]), float(spec["scale"]), bool(spec["causal"]))
+    if kind == "multi_head_attention":
+        return MultiHeadAttentionLayer(spec["name"], *(w(attr) for attr in MULTI_HEAD_ARRAYS), causal=bool(spec["causal"]))
     if kind == "merge":
         return MergeLayer(spec["name"], spec["mode"], tuple(int(size) for size in spec["sizes"]))
     if kind == "layer_norm":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+from .network import (ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
                       LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
@@ -220,6 +220,30 @@ def layer_norm(layer: LayerNormLayer, value: np.ndarray) -> np.ndarray:
     return (centered / np.sqrt(variance + np.float32(layer.epsilon)) * layer.gamma + layer.beta).astype(np.float32)
 
 
+def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, scale, causal: bool) -> np.ndarray:
+    """``softmax(scale * query keys^T) values`` over ``(batch, T, features)``; ``causal``: query
+    step ``i`` attends to keys ``0..i`` (Keras' mask, which adds -1e9 to the others, gives them a
+    weight of exactly 0 in float32)."""
+    scores = np.matmul(query, np.swapaxes(keys, 1, 2)) * scale
+    if causal:
+        future = np.triu(np.ones(scores.shape[1:], bool), k=1)
+        scores = np.where(future, -np.inf, scores)
+    return np.matmul(activations.apply("softmax", scores), values).astype(np.float32)
+
+
+def multi_head_attention(layer: MultiHeadAttentionLayer, inputs: list) -> np.ndarray:
+    """Keras' MultiHeadAttention: per-head projections, scaled dot-product attention, output projection."""
+    query, values = inputs[0], inputs[1]
+    keys = inputs[2] if len(inputs) > 2 else values
+    q = np.einsum("btf,fhd->bthd", query, layer.query_kernel) + layer.query_bias
+    k = np.einsum("btf,fhd->bthd", keys, layer.key_kernel) + layer.key_bias
+    v = np.einsum("btf,fhd->bthd", values, layer.value_kernel) + layer.value_bias
+    scale = np.float32(1.0 / np.sqrt(layer.key_dim))
+    heads = [attend(q[:, :, h], k[:, :, h], v[:, :, h], scale, layer.causal) for h in range(layer.heads)]
+    out = np.einsum("bthd,hdo->bto", np.stack(heads, axis=2), layer.output_kernel) + layer.output_bias
+    return out.astype(np.float32)
+
+
 def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
     """What the source model's ``predict`` returns for ``(batch, T, n_features)`` (token models:
     ``(batch, T)`` ids), computed layer by layer over whole sequences. Works for every network."""
@@ -246,6 +270,11 @@ def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
             return pool1d(layer, value)
         if isinstance(layer, TimestepLayer):
             return value[:, layer.index]
+        if isinstance(layer, AttentionLayer):
+            query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
+            return attend(query, keys, values, np.float32(layer.scale), layer.causal)
+        if isinstance(layer, MultiHeadAttentionLayer):
+            return multi_head_attention(layer, inputs)
         return per_timestep(layer, inputs)
 
     return np.asarray(network.evaluate(np.asarray(batch), apply), np.float32)

@@ -122,6 +122,31 @@ class OnnxOps(window_graph.Ops):
     def minimum(self, a, b):
         return self.graph.op("Min", [a, b])
 
+    def stack(self, values):
+        axis = self.graph.int_const("axis", [1])
+        parts = [self.graph.op("Unsqueeze", [value, axis]) for value in values]
+        return self.graph.op("Concat", parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def unstack(self, value, count):
+        axis = self.graph.int_const("axis", [1])
+        pieces = self.graph.op("Split", [value], outputs=count, axis=1) if count > 1 else [value]
+        return [self.graph.op("Squeeze", [piece, axis]) for piece in pieces]
+
+    def matmul(self, a, b, transpose_b=False):
+        if transpose_b:
+            b = self.graph.op("Transpose", [b], perm=[0, 2, 1])
+        return self.graph.op("MatMul", [a, b])
+
+    def steps(self, value, start, stop):
+        g = self.graph
+        return g.op("Slice", [value, g.int_const("start", [start]), g.int_const("stop", [stop]), g.int_const("axes", [1])])
+
+    def split_last(self, value, parts):
+        return self.graph.op("Split", [value], outputs=parts, axis=-1) if parts > 1 else [value]
+
+    def concat_axis(self, values, axis):
+        return self.graph.op("Concat", list(values), axis=axis)
+
     def layer_norm(self, x, gamma, beta, epsilon):
         """ONNX's own LayerNormalization (opset 17) over the last axis."""
         return self.graph.op("LayerNormalization", [x, self.constant("gamma", gamma), self.constant("beta", beta)],

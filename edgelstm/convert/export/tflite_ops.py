@@ -116,6 +116,24 @@ class TFOps(window_graph.Ops):
     def minimum(self, a, b):
         return self.tf.minimum(a, b)
 
+    def stack(self, values):
+        return self.tf.stack(values, axis=1)
+
+    def unstack(self, value, count):
+        return self.tf.unstack(value, num=count, axis=1)
+
+    def matmul(self, a, b, transpose_b=False):
+        return self.tf.matmul(a, b, transpose_b=transpose_b)
+
+    def steps(self, value, start, stop):
+        return value[:, start:stop]
+
+    def split_last(self, value, parts):
+        return self.tf.split(value, parts, axis=-1)
+
+    def concat_axis(self, values, axis):
+        return self.tf.concat(values, axis=axis)
+
     def layer_norm(self, x, gamma, beta, epsilon):
         """FULLY_CONNECTED, MUL, ADD and RSQRT (int8 builtins, all on the Edge TPU's list): ``x - mean``
         is one FC by ``I - 1/F``, the variance one FC by ``1/F`` that gives it already broadcast over

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgelstm.model.network import (ActivationLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
+from edgelstm.model.network import (ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
                                    LayerNormLayer, LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer,
                                    TimestepLayer)
 
@@ -68,6 +68,26 @@ class Ops:
     def layer_norm(self, x, gamma, beta, epsilon: float):  # over the features of each row
         raise NotImplementedError
 
+    # Sequences as one tensor (batch, T, features), for attention: the product of two activations
+    # is its own op (TFLite BATCH_MATMUL, ONNX MatMul), not a pattern of per-step ops.
+    def stack(self, values: list):  # T tensors (batch, F) -> (batch, T, F)
+        raise NotImplementedError
+
+    def unstack(self, value, count: int) -> list:  # (batch, T, F) -> T tensors (batch, F)
+        raise NotImplementedError
+
+    def matmul(self, a, b, transpose_b: bool = False):  # (batch, m, k) @ (batch, k, n), or b^T
+        raise NotImplementedError
+
+    def steps(self, value, start: int, stop: int):  # value[:, start:stop] of a (batch, T, F) tensor
+        raise NotImplementedError
+
+    def split_last(self, value, parts: int) -> list:  # along the last axis
+        raise NotImplementedError
+
+    def concat_axis(self, values: list, axis: int):
+        raise NotImplementedError
+
 
 def constant_key(array) -> tuple:
     """What makes two weight arrays the same constant: the timesteps of an unrolled layer pass
@@ -104,6 +124,12 @@ def lower(network: Network, ops: Ops, steps: list, embedded: bool = False):
             return pool1d(ops, layer, value)
         if isinstance(layer, TimestepLayer):
             return value[layer.index]
+        if isinstance(layer, AttentionLayer):
+            query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
+            out = attention(ops, ops.stack(query), ops.stack(keys), ops.stack(values), layer.scale, layer.causal, len(query))
+            return ops.unstack(out, len(query))
+        if isinstance(layer, MultiHeadAttentionLayer):
+            return multi_head_attention(ops, layer, inputs)
         if isinstance(value, list):  # a per-timestep layer over a sequence: once per step
             return [per_timestep(ops, layer, list(step)) for step in zip(*inputs)]
         return per_timestep(ops, layer, inputs)
@@ -139,6 +165,46 @@ def merge(ops: Ops, layer: MergeLayer, inputs: list):
     if mode == "average":
         result = ops.mul_const(result, np.full(layer.output_size, 1.0 / len(inputs), np.float32))
     return result
+
+
+def attention(ops: Ops, query, keys, values, scale: float, causal: bool, length: int):
+    """``softmax(scale * query keys^T) values`` on stacked ``(batch, T, features)`` tensors. Causal:
+    each query step ``t`` attends to the first ``t + 1`` keys only, computed row by row, so no mask
+    constant of -1e9 enters a tensor the quantizer has to give a range."""
+    if not causal:
+        scores = ops.matmul(query, keys, transpose_b=True)
+        if scale != 1.0:
+            scores = ops.mul_const(scores, np.full(1, scale, np.float32))
+        return ops.matmul(ops.activation("softmax", scores), values)
+    rows = []
+    for t in range(length):
+        scores = ops.matmul(ops.steps(query, t, t + 1), ops.steps(keys, 0, t + 1), transpose_b=True)
+        if scale != 1.0:
+            scores = ops.mul_const(scores, np.full(1, scale, np.float32))
+        rows.append(ops.matmul(ops.activation("softmax", scores), ops.steps(values, 0, t + 1)))
+    return ops.concat_axis(rows, 1) if len(rows) > 1 else rows[0]
+
+
+def multi_head_attention(ops: Ops, layer: MultiHeadAttentionLayer, inputs: list) -> list:
+    """Keras' MultiHeadAttention: one FULLY_CONNECTED projects all heads of the query (and of the
+    key and value) at once, each head attends, the heads are joined and projected back."""
+    query, values = inputs[0], inputs[1]
+    keys = inputs[2] if len(inputs) > 2 else values
+    heads, length = layer.heads, len(query)
+
+    def project(steps, kernel, bias):
+        flat = kernel.reshape(kernel.shape[0], -1)
+        return ops.split_last(ops.dense(ops.stack(steps), flat, bias.reshape(-1)), heads) if heads > 1 else \
+            [ops.dense(ops.stack(steps), flat, bias.reshape(-1))]
+
+    q = project(query, layer.query_kernel, layer.query_bias)
+    k = project(keys, layer.key_kernel, layer.key_bias)
+    v = project(values, layer.value_kernel, layer.value_bias)
+    scale = float(1.0 / np.sqrt(layer.key_dim))
+    attended = [attention(ops, q[h], k[h], v[h], scale, layer.causal, length) for h in range(heads)]
+    joined = ops.concat_axis(attended, -1) if heads > 1 else attended[0]
+    kernel = layer.output_kernel.reshape(-1, layer.output_kernel.shape[2])
+    return ops.unstack(ops.dense(joined, kernel, layer.output_bias), length)
 
 
 def run_recurrent(ops: Ops, layer, steps: list):

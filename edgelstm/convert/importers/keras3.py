@@ -51,10 +51,13 @@ def load_keras3_archive(path: Path, window: int | None = None) -> Network:
 
     try:
         weights_file = h5py.File(io.BytesIO(weights_bytes), "r")
-    except OSError as exc:
+    except (OSError, OverflowError, ValueError, RuntimeError) as exc:  # h5py's errors on a damaged file
         raise ModelFormatError(f"{name}: model.weights.h5 is damaged ({exc})") from None
     with weights_file:
-        groups = _groups_by_layer_name(weights_file)
+        try:
+            groups = _groups_by_layer_name(weights_file)
+        except (OSError, OverflowError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelFormatError(f"{name}: model.weights.h5 is damaged ({exc})") from None
 
         def read_weights(layer: KerasLayer) -> list:
             group = groups.get(layer.name)

@@ -9,14 +9,15 @@ is ever run (a Lambda's bytecode is never even decoded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
-from edgelstm.model.network import (INPUT, ActivationLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
+from edgelstm.model.network import (INPUT, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
                                    EmbeddingLayer, GRULayer, LayerNormLayer, LSTMLayer, MergeLayer, Network,
                                    Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers, shape_after)
 
@@ -27,12 +28,15 @@ SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bid
                     "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
                     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "LayerNormalization",
                     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+                    "Attention (dot, use_scale, causal)", "MultiHeadAttention (self and cross, causal)",
                     "BatchNormalization") + IDENTITY_LAYERS
 #: Keras' merge layers and the :class:`MergeLayer` mode each becomes.
 MERGE_CLASSES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
                  "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}
 #: Layers a later version may convert.
-NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking")
+NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking", "AdditiveAttention")
+#: Call options each class understands (``training`` and a ``mask`` of None change nothing at inference).
+CALL_OPTIONS = {"Attention": ("use_causal_mask",), "MultiHeadAttention": ("use_causal_mask",)}
 RECURRENT_CLASSES = ("LSTM", "GRU")
 
 _ACTIVATION_ALIASES = {"silu": "swish", None: "linear"}
@@ -49,9 +53,25 @@ class KerasLayer:
     module: str | None = None
     registered_name: str | None = None
     inputs: tuple = ()  # functional models: the names of the layers it reads, in argument order
+    call: dict = field(default_factory=dict)  # functional models: the call's options (use_causal_mask)
 
     def where(self) -> str:
         return f"layer {self.position} '{self.name}' ({self.class_name})"
+
+
+#: What reading a damaged config can raise where it expected another type: each becomes a named error.
+CONFIG_FAULTS = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+
+
+@contextlib.contextmanager
+def reading(what: str, source_name: str):
+    """Turn a config value of the wrong type or form, met while reading ``what`` (a layer), into a
+    :class:`ModelFormatError` naming the file and the layer, never a traceback."""
+    try:
+        yield
+    except CONFIG_FAULTS as exc:
+        raise ModelFormatError(f"{source_name}: {what}: its config is damaged or of a form edgelstm does not "
+                               f"know ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def activation_name(value, keras_major: int, layer: KerasLayer, field: str) -> str:
@@ -67,95 +87,124 @@ def activation_name(value, keras_major: int, layer: KerasLayer, field: str) -> s
     return value
 
 
-def check_supported(layers: list) -> None:
-    """Refuse the model if any layer (or layer option) of the chain is unsupported."""
+def _check_call(layer: KerasLayer) -> None:
+    """A functional layer's call options: the ones its class understands, or ones that change nothing."""
+    for option, value in layer.call.items():
+        if option in CALL_OPTIONS.get(layer.class_name, ()) or option in ("training", "mask") or value in (None, False):
+            continue
+        raise UnsupportedLayerError(f"{layer.where()}: is called with {option}={value!r}, which is not supported"
+                                    + ("; the step model returns one output" if option == "return_attention_scores" else ""))
+
+
+def check_supported(layers: list, source_name: str = "model") -> None:
+    """Refuse the model if any layer (or layer option) is unsupported."""
     for layer in layers:
-        cls = layer.class_name
-        if cls == "Lambda":
-            raise UnsupportedLayerError(
-                f"{layer.where()}: Lambda layers hold arbitrary Python code, which edgelstm never runs "
-                f"or converts; replace it with supported layers ({', '.join(SUPPORTED_LAYERS)})"
-            )
-        if (layer.module and not layer.module.startswith("keras")) or ">" in str(layer.registered_name or ""):
-            raise UnsupportedLayerError(
-                f"{layer.where()}: custom layer (from module '{layer.module}') is not supported and its code "
-                f"is never run; supported: {', '.join(SUPPORTED_LAYERS)}"
-            )
-        if cls in NOT_YET_SUPPORTED:
-            raise UnsupportedLayerError(
-                f"{layer.where()}: {cls} is not yet supported; supported: {', '.join(SUPPORTED_LAYERS)}"
-            )
-        if cls == "TimeDistributed":
-            inner = layer.config.get("layer", {})
-            if inner.get("class_name") != "Dense":
-                raise UnsupportedLayerError(
-                    f"{layer.where()}: TimeDistributed({inner.get('class_name')}) is not supported; "
-                    "only TimeDistributed(Dense)"
-                )
-            continue
-        if cls in RECURRENT_CLASSES:
-            _check_recurrent(layer, layer.config)
-            continue
-        if cls == "Bidirectional":
-            for key in ("layer", "backward_layer"):
-                inner = layer.config.get(key)
-                if inner is None:
-                    continue
-                if inner.get("class_name") not in RECURRENT_CLASSES:
-                    raise UnsupportedLayerError(
-                        f"{layer.where()}: Bidirectional({inner.get('class_name')}) is not supported; only LSTM or GRU inside"
-                    )
-                _check_recurrent(layer, inner.get("config", {}))
-            if layer.config.get("merge_mode", "concat") not in ("concat", "sum", "mul", "ave"):
-                raise UnsupportedLayerError(
-                    f"{layer.where()}: merge_mode {layer.config.get('merge_mode')!r} is not supported (concat, sum, mul, ave)"
-                )
-            continue
-        if cls == "Conv1D":
-            cfg = layer.config
-            if cfg.get("data_format", "channels_last") != "channels_last" or int(cfg.get("groups", 1)) != 1:
-                raise UnsupportedLayerError(f"{layer.where()}: only channels_last Conv1D without groups is supported")
-            if cfg.get("padding", "valid") not in ("valid", "same", "causal"):
-                raise UnsupportedLayerError(f"{layer.where()}: padding {cfg.get('padding')!r} is not supported")
-            continue
-        if cls in ("MaxPooling1D", "AveragePooling1D"):
-            cfg = layer.config
-            if cfg.get("padding", "valid") != "valid" or cfg.get("data_format", "channels_last") != "channels_last":
-                raise UnsupportedLayerError(f"{layer.where()}: only padding='valid', channels_last pooling is supported")
-            continue
-        if cls == "RepeatVector":
-            continue
-        if cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-            cfg = layer.config
-            if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims"):
-                raise UnsupportedLayerError(f"{layer.where()}: only channels_last, keepdims=False global pooling is supported")
-            continue
-        if cls == "BatchNormalization":
-            axis = layer.config.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if axis not in (-1, 2):
-                raise UnsupportedLayerError(
-                    f"{layer.where()}: BatchNormalization over axis {axis} is not supported; "
-                    "only the feature axis (-1)"
-                )
-            continue
-        if cls == "Embedding":
-            if layer.config.get("mask_zero"):
-                raise UnsupportedLayerError(f"{layer.where()}: mask_zero=True (masking) is not supported")
-            continue
-        if cls == "LayerNormalization":
-            cfg = layer.config
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if axis not in (-1, 2) or cfg.get("rms_scaling"):
-                raise UnsupportedLayerError(f"{layer.where()}: only LayerNormalization over the feature axis (-1), "
-                                            "without rms_scaling, is supported")
-            continue
-        if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
-            continue
+        with reading(layer.where(), source_name):
+            _check_one(layer)
+
+
+def _check_one(layer: KerasLayer) -> None:
+    """One layer's refusals (see :func:`check_supported`)."""
+    cls = layer.class_name
+    _check_call(layer)
+    if cls == "Lambda":
         raise UnsupportedLayerError(
-            f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
+            f"{layer.where()}: Lambda layers hold arbitrary Python code, which edgelstm never runs "
+            f"or converts; replace it with supported layers ({', '.join(SUPPORTED_LAYERS)})"
         )
+    if (layer.module and not layer.module.startswith("keras")) or ">" in str(layer.registered_name or ""):
+        raise UnsupportedLayerError(
+            f"{layer.where()}: custom layer (from module '{layer.module}') is not supported and its code "
+            f"is never run; supported: {', '.join(SUPPORTED_LAYERS)}"
+        )
+    if cls in NOT_YET_SUPPORTED:
+        raise UnsupportedLayerError(
+            f"{layer.where()}: {cls} is not yet supported; supported: {', '.join(SUPPORTED_LAYERS)}"
+        )
+    if cls == "TimeDistributed":
+        inner = layer.config.get("layer", {})
+        if inner.get("class_name") != "Dense":
+            raise UnsupportedLayerError(
+                f"{layer.where()}: TimeDistributed({inner.get('class_name')}) is not supported; "
+                "only TimeDistributed(Dense)"
+            )
+        return
+    if cls in RECURRENT_CLASSES:
+        _check_recurrent(layer, layer.config)
+        return
+    if cls == "Bidirectional":
+        for key in ("layer", "backward_layer"):
+            inner = layer.config.get(key)
+            if inner is None:
+                continue
+            if inner.get("class_name") not in RECURRENT_CLASSES:
+                raise UnsupportedLayerError(
+                    f"{layer.where()}: Bidirectional({inner.get('class_name')}) is not supported; only LSTM or GRU inside"
+                )
+            _check_recurrent(layer, inner.get("config", {}))
+        if layer.config.get("merge_mode", "concat") not in ("concat", "sum", "mul", "ave"):
+            raise UnsupportedLayerError(
+                f"{layer.where()}: merge_mode {layer.config.get('merge_mode')!r} is not supported (concat, sum, mul, ave)"
+            )
+        return
+    if cls == "Conv1D":
+        cfg = layer.config
+        if cfg.get("data_format", "channels_last") != "channels_last" or int(cfg.get("groups", 1)) != 1:
+            raise UnsupportedLayerError(f"{layer.where()}: only channels_last Conv1D without groups is supported")
+        if cfg.get("padding", "valid") not in ("valid", "same", "causal"):
+            raise UnsupportedLayerError(f"{layer.where()}: padding {cfg.get('padding')!r} is not supported")
+        return
+    if cls in ("MaxPooling1D", "AveragePooling1D"):
+        cfg = layer.config
+        if cfg.get("padding", "valid") != "valid" or cfg.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedLayerError(f"{layer.where()}: only padding='valid', channels_last pooling is supported")
+        return
+    if cls == "RepeatVector":
+        return
+    if cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+        cfg = layer.config
+        if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("keepdims"):
+            raise UnsupportedLayerError(f"{layer.where()}: only channels_last, keepdims=False global pooling is supported")
+        return
+    if cls == "BatchNormalization":
+        axis = layer.config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis not in (-1, 2):
+            raise UnsupportedLayerError(
+                f"{layer.where()}: BatchNormalization over axis {axis} is not supported; "
+                "only the feature axis (-1)"
+            )
+        return
+    if cls == "Embedding":
+        if layer.config.get("mask_zero"):
+            raise UnsupportedLayerError(f"{layer.where()}: mask_zero=True (masking) is not supported")
+        return
+    if cls == "Attention":
+        if layer.config.get("score_mode", "dot") != "dot":
+            raise UnsupportedLayerError(f"{layer.where()}: score_mode {layer.config.get('score_mode')!r} is not "
+                                        "supported; only 'dot'")
+        return
+    if cls == "MultiHeadAttention":
+        cfg = layer.config
+        if cfg.get("use_gate") or cfg.get("sliding_window") is not None:
+            raise UnsupportedLayerError(f"{layer.where()}: use_gate and sliding_window are not supported")
+        if cfg.get("attention_axes") not in (None, [1], 1, (1,)):
+            raise UnsupportedLayerError(f"{layer.where()}: attention_axes {cfg.get('attention_axes')!r} is not "
+                                        "supported; only attention over time (axis 1)")
+        return
+    if cls == "LayerNormalization":
+        cfg = layer.config
+        axis = cfg.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis not in (-1, 2) or cfg.get("rms_scaling"):
+            raise UnsupportedLayerError(f"{layer.where()}: only LayerNormalization over the feature axis (-1), "
+                                        "without rms_scaling, is supported")
+        return
+    if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
+        return
+    raise UnsupportedLayerError(
+        f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
+    )
 
 
 def _check_recurrent(layer: KerasLayer, cfg: dict) -> None:
@@ -224,79 +273,23 @@ def build_network(
     network (Bidirectional, RepeatVector, Conv1D, go_backwards) takes its window length
     from ``window``, else from the model's declared input shape, else from its RepeatVector.
     """
-    check_supported(layers)
+    check_supported(layers, source_name)
+    with reading("its input shape or layer sizes", source_name):  # the parts named per layer say which layer
+        return _build_network(layers, read_weights, keras_major, source_format, source_name, declared_features, window)
+
+
+def _build_network(layers, read_weights, keras_major, source_format, source_name, declared_features, window) -> Network:
+    """:func:`build_network` after the checks."""
     declared_length = declared_features[1] if declared_features and len(declared_features) >= 2 else None
     graph = _Lowering(source_name, declared_features, window or declared_length)
     notes = []
     for layer in layers:
-        cls = layer.class_name
-        sources = graph.sources(layer)
-        if cls == "InputLayer":
-            graph.alias(layer, INPUT)
-            continue
-        if cls in IDENTITY_LAYERS:
-            graph.alias(layer, sources[0])
-            continue
-        if cls == "Activation":
-            name = activation_name(layer.config.get("activation"), keras_major, layer, "activation")
-            if name == "linear":
-                graph.alias(layer, sources[0])
-            else:
-                graph.emit(layer, ActivationLayer(layer.name, name, graph.size(sources[0], layer)), sources)
-            continue
-        if cls in MERGE_CLASSES:
-            graph.emit(layer, _merge(layer, sources, graph), sources)
-            continue
-        weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
-        if cls in RECURRENT_CLASSES:
-            weights = merge_recurrent_weights(cls, weights, keras_major)
-        cfg = layer.config
-        try:
-            if cls in RECURRENT_CLASSES:
-                graph.emit(layer, _recurrent(layer, cls, cfg, weights, keras_major, layer.name), sources)
-                if cfg.get("stateful"):
-                    notes.append(f"{layer.name}: stateful=True (batch size baked in for training); the step model "
-                                 "carries state between calls itself, for any number of streams")
-            elif cls == "Bidirectional":
-                graph.emit(layer, _bidirectional(layer, cfg, weights, keras_major), sources)
-            elif cls == "RepeatVector":
-                graph.emit(layer, RepeatVectorLayer(layer.name, int(cfg["n"]), graph.size(sources[0], layer)), sources)
-            elif cls == "Conv1D":
-                filters = int(cfg["filters"])
-                bias = weights[1] if cfg.get("use_bias", True) else np.zeros(filters, np.float32)
-                graph.emit(layer, Conv1DLayer(
-                    layer.name, weights[0], bias, strides=_one(cfg.get("strides")), padding=cfg.get("padding", "valid"),
-                    dilation=_one(cfg.get("dilation_rate")),
-                    activation=activation_name(cfg.get("activation"), keras_major, layer, "activation"),
-                ), sources)
-            elif cls in ("MaxPooling1D", "AveragePooling1D"):
-                pool = _one(cfg.get("pool_size"), 2)
-                graph.emit(layer, Pooling1DLayer(layer.name, "max" if cls.startswith("Max") else "average", pool,
-                                                 _one(cfg.get("strides"), pool), graph.size(sources[0], layer)), sources)
-            elif cls in ("Dense", "TimeDistributed"):
-                dense_cfg = cfg if cls == "Dense" else cfg["layer"]["config"]
-                units = int(dense_cfg["units"])
-                bias = weights[1] if dense_cfg.get("use_bias", True) else np.zeros(units, np.float32)
-                graph.emit(layer, DenseLayer(
-                    name=layer.name, kernel=weights[0], bias=bias,
-                    activation=activation_name(dense_cfg.get("activation"), keras_major, layer, "activation"),
-                ), sources)
-            elif cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
-                _global_pooling(layer, sources, graph)
-            elif cls == "BatchNormalization":
-                graph.emit(layer, _batch_norm(layer, weights), sources)
-            elif cls == "LayerNormalization":
-                graph.emit(layer, _layer_norm(layer, weights, graph.size(sources[0], layer)), sources)
-            elif cls == "Embedding":
-                graph.emit(layer, EmbeddingLayer(name=layer.name, table=weights[0]), sources)
-        except (IndexError, KeyError) as exc:
-            raise ModelFormatError(
-                f"{source_name}: {layer.where()}: weights or config incomplete ({exc!r} missing); "
-                "the file may be truncated"
-            ) from None
+        with reading(layer.where(), source_name):
+            _lower_one(layer, graph, read_weights, keras_major, source_name, window, notes)
     if not graph.layers:
         raise UnsupportedLayerError(f"{source_name}: the model has no layer with weights")
-    network = graph.network(source_format, notes)
+    with reading("the network", source_name):
+        network = graph.network(source_format, notes)
     lowered = network.layers
     token_model = network.input_kind == "token"
     if declared_features is not None:
@@ -315,6 +308,82 @@ def build_network(
         repeats = [layer.times for layer in lowered if isinstance(layer, RepeatVectorLayer)]
         network.window = window or declared_length or (repeats[0] if repeats else None)
     return network.validate()
+
+
+def _lower_one(layer: KerasLayer, graph: "_Lowering", read_weights, keras_major: int, source_name: str, window, notes: list) -> None:
+    """Lower one Keras layer onto the network being built (see :func:`build_network`)."""
+    cls = layer.class_name
+    sources = graph.sources(layer)
+    if cls == "InputLayer":
+        graph.alias(layer, INPUT)
+        return
+    if cls in IDENTITY_LAYERS:
+        graph.alias(layer, sources[0])
+        return
+    if cls == "Activation":
+        name = activation_name(layer.config.get("activation"), keras_major, layer, "activation")
+        if name == "linear":
+            graph.alias(layer, sources[0])
+        else:
+            graph.emit(layer, ActivationLayer(layer.name, name, graph.size(sources[0], layer)), sources)
+        return
+    if cls in MERGE_CLASSES:
+        graph.emit(layer, _merge(layer, sources, graph), sources)
+        return
+    if cls == "Attention" and not layer.config.get("use_scale"):
+        graph.emit(layer, _attention(layer, sources, graph, []), sources)
+        return
+    weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
+    if cls in RECURRENT_CLASSES:
+        weights = merge_recurrent_weights(cls, weights, keras_major)
+    cfg = layer.config
+    try:
+        if cls in RECURRENT_CLASSES:
+            graph.emit(layer, _recurrent(layer, cls, cfg, weights, keras_major, layer.name), sources)
+            if cfg.get("stateful"):
+                notes.append(f"{layer.name}: stateful=True (batch size baked in for training); the step model "
+                             "carries state between calls itself, for any number of streams")
+        elif cls == "Bidirectional":
+            graph.emit(layer, _bidirectional(layer, cfg, weights, keras_major), sources)
+        elif cls == "RepeatVector":
+            graph.emit(layer, RepeatVectorLayer(layer.name, int(cfg["n"]), graph.size(sources[0], layer)), sources)
+        elif cls == "Conv1D":
+            filters = int(cfg["filters"])
+            bias = weights[1] if cfg.get("use_bias", True) else np.zeros(filters, np.float32)
+            graph.emit(layer, Conv1DLayer(
+                layer.name, weights[0], bias, strides=_one(cfg.get("strides")), padding=cfg.get("padding", "valid"),
+                dilation=_one(cfg.get("dilation_rate")),
+                activation=activation_name(cfg.get("activation"), keras_major, layer, "activation"),
+            ), sources)
+        elif cls in ("MaxPooling1D", "AveragePooling1D"):
+            pool = _one(cfg.get("pool_size"), 2)
+            graph.emit(layer, Pooling1DLayer(layer.name, "max" if cls.startswith("Max") else "average", pool,
+                                             _one(cfg.get("strides"), pool), graph.size(sources[0], layer)), sources)
+        elif cls in ("Dense", "TimeDistributed"):
+            dense_cfg = cfg if cls == "Dense" else cfg["layer"]["config"]
+            units = int(dense_cfg["units"])
+            bias = weights[1] if dense_cfg.get("use_bias", True) else np.zeros(units, np.float32)
+            graph.emit(layer, DenseLayer(
+                name=layer.name, kernel=weights[0], bias=bias,
+                activation=activation_name(dense_cfg.get("activation"), keras_major, layer, "activation"),
+            ), sources)
+        elif cls in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+            _global_pooling(layer, sources, graph)
+        elif cls == "BatchNormalization":
+            graph.emit(layer, _batch_norm(layer, weights), sources)
+        elif cls == "Attention":
+            graph.emit(layer, _attention(layer, sources, graph, weights), sources)
+        elif cls == "MultiHeadAttention":
+            graph.emit(layer, _multi_head_attention(layer, weights, keras_major), sources)
+        elif cls == "LayerNormalization":
+            graph.emit(layer, _layer_norm(layer, weights, graph.size(sources[0], layer)), sources)
+        elif cls == "Embedding":
+            graph.emit(layer, EmbeddingLayer(name=layer.name, table=weights[0]), sources)
+    except (IndexError, KeyError) as exc:
+        raise ModelFormatError(
+            f"{source_name}: {layer.where()}: weights or config incomplete ({exc!r} missing); "
+            "the file may be truncated"
+        ) from None
 
 
 class _Lowering:
@@ -413,6 +482,52 @@ def _merge(layer: KerasLayer, sources: list, graph: _Lowering) -> MergeLayer:
     return MergeLayer(layer.name, mode, sizes)
 
 
+def _causal(layer: KerasLayer) -> bool:
+    """Keras 3 (and tf-keras >= 2.10) pass ``use_causal_mask`` to the call; older tf-keras had ``causal``."""
+    return bool(layer.call.get("use_causal_mask") or layer.config.get("causal"))
+
+
+def _attention(layer: KerasLayer, sources: list, graph: "_Lowering", weights: list) -> AttentionLayer:
+    """Keras' dot-product Attention: ``[query, value]`` or ``[query, value, key]``; ``use_scale`` adds
+    one learned scalar."""
+    scale = float(np.asarray(weights[0]).reshape(-1)[0]) if weights else 1.0
+    sizes = tuple(graph.size(name, layer) for name in sources)
+    return AttentionLayer(layer.name, sizes, scale, _causal(layer))
+
+
+def _multi_head_attention(layer: KerasLayer, weights: list, keras_major: int) -> MultiHeadAttentionLayer:
+    """Keras' MultiHeadAttention. Keras 3 stores its four projections as sub-layers in name order
+    (key, output, query, value); Keras 2 in call order (query, key, value, output)."""
+    cfg = layer.config
+    per = 2 if cfg.get("use_bias", True) else 1
+    if len(weights) != 4 * per:
+        raise ModelFormatError(f"{layer.where()}: {len(weights)} weight arrays, expected {4 * per}")
+    groups = [weights[i * per:(i + 1) * per] for i in range(4)]
+    if keras_major >= 3:
+        key, output, query, value = groups
+    else:
+        query, key, value, output = groups
+    heads, key_dim = int(cfg["num_heads"]), int(cfg["key_dim"])
+    value_dim = int(cfg.get("value_dim") or key_dim)
+
+    def parts(group, shape, bias_shape):
+        kernel = group[0]
+        if kernel.shape[1:] != shape:
+            raise ModelFormatError(f"{layer.where()}: a projection kernel has shape {kernel.shape}, expected (features, *{shape})")
+        bias = group[1] if per == 2 else np.zeros(bias_shape, np.float32)
+        _check_shape(layer, "bias", bias, bias_shape)
+        return kernel, bias
+
+    q = parts(query, (heads, key_dim), (heads, key_dim))
+    k = parts(key, (heads, key_dim), (heads, key_dim))
+    v = parts(value, (heads, value_dim), (heads, value_dim))
+    out_kernel = output[0]
+    if out_kernel.shape[:2] != (heads, value_dim):
+        raise ModelFormatError(f"{layer.where()}: the output kernel has shape {out_kernel.shape}, expected ({heads}, {value_dim}, outputs)")
+    out_bias = output[1] if per == 2 else np.zeros(out_kernel.shape[2], np.float32)
+    return MultiHeadAttentionLayer(layer.name, *q, *k, *v, out_kernel, out_bias, causal=_causal(layer))
+
+
 def _bidirectional(layer: KerasLayer, cfg: dict, weights: list, keras_major: int) -> BidirectionalLayer:
     forward_cfg = cfg["layer"]["config"]
     backward_cfg = (cfg.get("backward_layer") or {}).get("config") or dict(forward_cfg, go_backwards=True)
@@ -484,7 +599,7 @@ def declared_input_shape(shape) -> list | None:
 
 def graph_from_functional(layer_configs: list, model_config: dict, source_name: str) -> list:
     """A functional model's layers in dependency order (each after the layers it reads), with the
-    names each reads: ``[(layer config, [input names]), ...]``. One input and one output; a layer
+    names each reads and its call options: ``[(layer config, [input names], {options}), ...]``. One input and one output; a layer
     called more than once (a shared layer) and cycles are refused."""
     by_name, order = {}, []
     for cfg in layer_configs:
@@ -493,7 +608,7 @@ def graph_from_functional(layer_configs: list, model_config: dict, source_name: 
             raise ModelFormatError(f"{source_name}: layer {len(order)} has {'no name' if not isinstance(name, str) else f'the name {name!r} of another layer'}")
         by_name[name] = cfg
         order.append(name)
-    inbound = {}
+    inbound, calls = {}, {}
     for name in order:
         nodes = by_name[name].get("inbound_nodes") or []
         if not isinstance(nodes, list):
@@ -501,7 +616,7 @@ def graph_from_functional(layer_configs: list, model_config: dict, source_name: 
         if len(nodes) > 1:
             raise UnsupportedLayerError(f"{source_name}: layer '{name}' ({by_name[name].get('class_name')}) is called "
                                         f"{len(nodes)} times (a shared layer); each layer may be called once")
-        inbound[name] = _inbound_names(nodes)
+        inbound[name], calls[name] = _call_of(nodes, name, source_name)
         for source in inbound[name]:
             if source not in by_name:
                 raise ModelFormatError(f"{source_name}: layer '{name}' reads '{source}', which is not a layer of the model")
@@ -529,7 +644,7 @@ def graph_from_functional(layer_configs: list, model_config: dict, source_name: 
             raise ModelFormatError(f"{source_name}: the layers {', '.join(pending)} read each other in a cycle")
         pending.remove(ready)
         placed.add(ready)
-        result.append((by_name[ready], inbound[ready]))
+        result.append((by_name[ready], inbound[ready], calls[ready]))
     return result
 
 
@@ -542,24 +657,67 @@ def _layer_refs(value) -> list:
     return [entry[0] for entry in value if isinstance(entry, list) and entry and isinstance(entry[0], str)]
 
 
-def _inbound_names(nodes) -> list:
-    names = []
+#: Call arguments that are the layer's inputs (attention's ``query``, ``value``, ``key``), in that order.
+INPUT_ARGUMENTS = ("query", "value", "key")
+#: Call options that change nothing at inference.
+IGNORED_CALL_OPTIONS = ("training", "mask")
+
+
+def _tensor_name(value) -> str | None:
+    """The producing layer's name if ``value`` is a serialized tensor (Keras 3 ``__keras_tensor__``
+    or Keras 2 ``[name, node, tensor]``), else None."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        history = (value.get("config") or {}).get("keras_history")
+        return history[0] if isinstance(history, list) and history and isinstance(history[0], str) else None
+    if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and all(isinstance(v, int) for v in value[1:3]):
+        return value[0]
+    return None
+
+
+def _call_of(nodes, layer_name: str, source_name: str) -> tuple:
+    """``(input names in argument order, call options)`` of a layer's one call. Input tensors passed
+    as ``query``/``value``/``key`` keywords count as inputs; any other tensor argument (an attention
+    mask, initial state) is refused by name."""
+    names, options = [], {}
+
+    def keywords(kwargs):
+        for key in INPUT_ARGUMENTS:
+            if _tensor_name(kwargs.get(key)) is not None:
+                names.append(_tensor_name(kwargs[key]))
+        for key, value in kwargs.items():
+            if key in INPUT_ARGUMENTS and _tensor_name(value) is not None:
+                continue
+            if _tensor_name(value) is not None or (isinstance(value, list) and any(_tensor_name(v) for v in value)):
+                raise UnsupportedLayerError(f"{source_name}: layer '{layer_name}' is called with a tensor as '{key}'; "
+                                            "only its inputs may be tensors (no masks or initial states)")
+            options[key] = value
+
     for node in nodes:
         if isinstance(node, dict):  # Keras 3: {"args": [keras_tensor, ...], "kwargs": {...}}
             for arg in node.get("args", []):
                 for tensor in arg if isinstance(arg, list) else [arg]:
-                    if isinstance(tensor, dict) and tensor.get("class_name") == "__keras_tensor__":
-                        names.append(tensor["config"]["keras_history"][0])
+                    if _tensor_name(tensor) is not None:
+                        names.append(_tensor_name(tensor))
+            if isinstance(node.get("kwargs"), dict):
+                keywords(node["kwargs"])
         elif isinstance(node, list):  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
             for entry in node:
                 if isinstance(entry, list) and entry and isinstance(entry[0], str):
                     names.append(entry[0])
-    return names
+                    if len(entry) > 3 and isinstance(entry[3], dict):
+                        keywords(entry[3])
+    return names, options
 
 
 def layers_from_model_config(model_config: dict, keras_major: int, source_name: str) -> tuple:
     """Return ``(layers as KerasLayer, declared input shape or None)`` from a model's JSON config: a
     Sequential's chain, or a functional model's layers in dependency order, each naming its inputs."""
+    with reading("its model config", source_name):
+        return _layers_from_model_config(model_config, keras_major, source_name)
+
+
+def _layers_from_model_config(model_config: dict, keras_major: int, source_name: str) -> tuple:
+    """The body of :func:`layers_from_model_config`."""
     if not isinstance(model_config, dict):
         raise ModelFormatError(f"{source_name}: the model config is a {type(model_config).__name__}, not an object")
     cls = model_config.get("class_name")
@@ -573,36 +731,39 @@ def layers_from_model_config(model_config: dict, keras_major: int, source_name: 
         if not isinstance(raw, dict) or not isinstance(raw.get("config", {}), dict):
             raise ModelFormatError(f"{source_name}: layer {position} of the config is not a layer object ({str(raw)[:80]!r})")
     if cls != "Sequential":
-        wired = graph_from_functional(raw_layers, config, source_name)
+        with reading("its layer graph", source_name):
+            wired = graph_from_functional(raw_layers, config, source_name)
     else:
-        wired = [(raw, []) for raw in raw_layers]
+        wired = [(raw, [], {}) for raw in raw_layers]
     declared = None
     chain = []
     position = 0
-    for raw, inputs in wired:
-        layer_cls = raw.get("class_name")
-        layer_cfg = raw.get("config") or {}
-        name = layer_cfg.get("name") or raw.get("name") or f"layer_{position}"
-        layer_cls, layer_cfg = upgrade_layer(layer_cls, layer_cfg, keras_major, f"layer {position} '{name}' ({layer_cls})")
-        if layer_cls in ("Sequential", "Functional", "Model"):
-            raise UnsupportedLayerError(
-                f"{source_name}: layer {position} '{name}' is a nested model ({layer_cls}); flatten it into one chain"
+    for raw, inputs, call in wired:
+        with reading(f"layer {position}", source_name):
+            layer_cls = raw.get("class_name")
+            layer_cfg = raw.get("config") or {}
+            name = layer_cfg.get("name") or raw.get("name") or f"layer_{position}"
+            layer_cls, layer_cfg = upgrade_layer(layer_cls, layer_cfg, keras_major, f"layer {position} '{name}' ({layer_cls})")
+            if layer_cls in ("Sequential", "Functional", "Model"):
+                raise UnsupportedLayerError(
+                    f"{source_name}: layer {position} '{name}' is a nested model ({layer_cls}); flatten it into one chain"
+                )
+            for key in ("batch_shape", "batch_input_shape"):
+                if layer_cfg.get(key) is not None and declared is None:
+                    declared = declared_input_shape(layer_cfg[key])
+            if declared is None and isinstance(raw.get("build_config"), dict) and position == 0:
+                declared = declared_input_shape(raw["build_config"].get("input_shape"))
+            chain.append(
+                KerasLayer(
+                    position=position,
+                    name=name,
+                    class_name=layer_cls,
+                    config=layer_cfg,
+                    module=raw.get("module"),
+                    registered_name=raw.get("registered_name") if raw.get("registered_name") != layer_cls else None,
+                    inputs=tuple(inputs),
+                    call=dict(call),
+                )
             )
-        for key in ("batch_shape", "batch_input_shape"):
-            if layer_cfg.get(key) is not None and declared is None:
-                declared = declared_input_shape(layer_cfg[key])
-        if declared is None and isinstance(raw.get("build_config"), dict) and position == 0:
-            declared = declared_input_shape(raw["build_config"].get("input_shape"))
-        chain.append(
-            KerasLayer(
-                position=position,
-                name=name,
-                class_name=layer_cls,
-                config=layer_cfg,
-                module=raw.get("module"),
-                registered_name=raw.get("registered_name") if raw.get("registered_name") != layer_cls else None,
-                inputs=tuple(inputs),
-            )
-        )
-        position += 1
+            position += 1
     return chain, declared
