@@ -106,6 +106,8 @@ def test_residual_gru_stack_streams_one_reading_per_call(keras, tmp_path):
     assert [s["name"] for s in manifest["state"]] == ["h_0", "h_1"]
     assert {"step_int8.tflite", "step_int8_stream.tflite", "step_int8.onnx", "step_float32.onnx"} <= {
         m["file"] for m in manifest["models"]}
+    int8_entry = next(m for m in manifest["models"] if m["file"] == "step_int8.tflite")
+    assert int8_entry["edgetpu"]["compatible"], int8_entry["edgetpu"]  # ADD, FC, MUL, RSQRT: Edge TPU ops
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     for name in ("tflite int8", "tflite int8 stream", "onnx int8"):
         assert 0 < report["models"][name]["relative_rmse"] < 0.1, (name, report["models"][name])
@@ -195,7 +197,6 @@ def test_activation_anywhere_and_batch_norm_in_a_graph(keras, tmp_path):
     ("two_inputs", r"2 inputs \(.*\); exactly one is supported"),
     ("shared_layer", r"layer 'shared' \(Dense\) is called 2 times \(a shared layer\)"),
     ("time_concatenate", r"layer \d+ 'concatenate\w*' \(Concatenate\): concatenates along axis 1"),
-    ("two_outputs", r"2 outputs \(.*\); one output is supported"),
 ])
 def test_graphs_that_do_not_convert_are_refused_by_name(keras, tmp_path, build, message):
     L = keras.layers
@@ -209,8 +210,7 @@ def test_graphs_that_do_not_convert_are_refused_by_name(keras, tmp_path, build, 
     elif build == "time_concatenate":
         model = keras.Model(x, L.LSTM(3)(L.Concatenate(axis=1)([x, L.Dense(F)(x)])))
     else:
-        lstm = L.LSTM(6)(x)
-        model = keras.Model(x, [L.Dense(1)(lstm), L.Dense(2)(lstm)])
+        model = keras.Model(x, L.LSTM(3)(L.Concatenate(axis=1)([x, L.Dense(F)(x)])))
     model.save(tmp_path / "m.keras")
     with pytest.raises(UnsupportedLayerError, match=message):
         load_network(tmp_path / "m.keras")
@@ -259,6 +259,21 @@ def test_attention_window_models_match_keras(keras, tmp_path, case):
     assert np.max(np.abs(runner(x=batch)["y"] - expected)) <= 1e-5
     session = onnxruntime.InferenceSession(onnx_window.build_float_model(network).SerializeToString())
     assert np.max(np.abs(session.run(["y"], {"x": batch})[0] - expected)) <= 1e-5
+
+
+def test_attention_lstm_converts_to_int8(keras, tmp_path):
+    """The attention LSTM for RUL in int8 TFLite and ONNX: the report gives the int8 error, and the
+    bundle's Edge TPU verdict says BATCH_MATMUL (the attention scores) stays on the CPU."""
+    _randomize(_attention_case(keras, "attention_lstm"), scale=0.5).save(tmp_path / "a.keras")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(9).normal(size=(16, 40, F)).astype("float32"))
+    run_cli("convert", tmp_path / "a.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--window-samples", "300", "--eval-windows", "200", "--quiet")
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for name in ("tflite int8", "onnx int8"):
+        assert 0 < report["models"][name]["relative_rmse"] < 0.25, (name, report["models"][name])
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    edgetpu = next(m for m in manifest["models"] if m["file"] == "window_int8.tflite")["edgetpu"]
+    assert not edgetpu["compatible"] and "BATCH_MATMUL" in json.dumps(edgetpu)
 
 
 def test_attention_from_keras2_hdf5_matches(tmp_path):
@@ -318,3 +333,62 @@ def test_guides_hybrid_model_converts_and_streams(keras, tmp_path):
         assert np.max(np.abs(outputs[length - 1 :] - expected)) <= tolerance, (backend, quant)
     result = run_cli("inspect", tmp_path / "b" / "window_int8.tflite", "--target", "coral-usb")
     assert "BATCH_MATMUL is not in the Edge TPU's supported operations" in result.stdout
+
+
+def _two_heads(L, x):
+    """A multi-task model: a RUL head of order 100 and a failure-probability head on one LSTM."""
+    h = L.LSTM(8, return_sequences=True)(x)
+    rul = L.Dense(1, name="rul")(L.Dense(6, activation="relu")(h))
+    return [rul, L.Dense(1, activation="sigmoid", name="failure")(h)]
+
+
+def test_a_two_output_model_steps_both_heads(keras, tmp_path):
+    """Two outputs convert (float32 and int8 TFLite and ONNX); ``step()`` returns both heads side by
+    side (``rt.outputs`` names their columns), the float ones within float32 rounding of Keras, and
+    the report measures each head in its own units: each head is scaled inside the model by a power
+    of two, so one int8 ``y`` serves the probability head as well as the RUL head."""
+    L = keras.layers
+    x = keras.Input((None, F))
+    model = _randomize(keras.Model(x, _two_heads(L, x)), scale=0.5)
+    kernel, bias = model.get_layer("rul").get_weights()
+    model.get_layer("rul").set_weights([kernel * 40, bias + 60])
+    model.save(tmp_path / "two.keras")
+    generator = np.random.default_rng(10)
+    np.save(tmp_path / "calib.npy", generator.normal(size=(20, 50, F)).astype("float32"))
+    run_cli("convert", tmp_path / "two.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--long-steps", "500", "--quiet")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [(o["name"], o["size"]) for o in manifest["outputs"]] == [("rul", 1), ("failure", 1)]
+    factors = [o["factor"] for o in manifest["outputs"]]
+    assert factors[0] >= 64 and factors[1] <= 2 and all(np.log2(f) == round(np.log2(f)) for f in factors)
+    assert next(m for m in manifest["models"] if m["file"] == "step_int8.tflite")["edgetpu"]["compatible"]
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for name in ("tflite int8", "tflite int8 stream", "onnx int8"):
+        heads = report["models"][name]["outputs"]
+        assert set(heads) == {"rul", "failure"}
+        assert all(0 < heads[h]["relative_rmse"] < 0.15 for h in heads), (name, heads)
+        assert report["models"][name]["relative_rmse"] == max(heads[h]["relative_rmse"] for h in heads)
+    sequence = generator.normal(size=(20, F)).astype("float32")
+    expected = np.concatenate(model.predict(sequence[None], verbose=0), axis=-1)[0]  # (steps, 2)
+    for backend, quant in (("litert", "float32"), ("onnxruntime", "float32"), ("numpy", None), ("litert", "int8")):
+        runtime = edgelstm.load(tmp_path / "b", backend=backend, model=quant)
+        assert runtime.outputs == {"rul": slice(0, 1), "failure": slice(1, 2)}
+        got = np.array([runtime.step(reading).copy() for reading in sequence])
+        if quant == "int8":
+            for head, columns in runtime.outputs.items():
+                spread = np.std(expected[:, columns])
+                assert np.sqrt(np.mean((got[:, columns] - expected[:, columns]) ** 2)) / spread < 0.15, head
+        else:
+            assert np.all(np.abs(got - expected) <= 1e-5 * np.maximum(1.0, np.abs(expected))), backend
+
+
+def test_a_two_output_model_from_keras2_hdf5_matches(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    x = tf_keras.Input((None, F))
+    model = tf_keras.Model(x, _two_heads(tf_keras.layers, x))
+    model.save(tmp_path / "two.h5")
+    network = load_network(tmp_path / "two.h5")
+    assert network.layers[-1].kind == "outputs" and network.layers[-1].heads == ("rul", "failure")
+    batch = np.random.default_rng(11).normal(size=(2, 12, F)).astype("float32")
+    expected = np.concatenate(model.predict(batch, verbose=0), axis=-1)
+    assert np.max(np.abs(Reference(network).predict(batch) - expected)) <= 1e-5

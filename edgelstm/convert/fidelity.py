@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from edgelstm.model.network import OutputsLayer
 from edgelstm.model.reference import Reference
 
 LONG_STREAM_STEPS = 10_000
@@ -32,6 +33,36 @@ def error_metrics(reference: np.ndarray, candidate: np.ndarray, spread: float | 
         "output_std": spread,
         "relative_rmse": rmse / spread if spread > 0 else math.nan,
     }
+
+
+def heads_of(network, reference: np.ndarray) -> list | None:
+    """A model with several heads (an :class:`OutputsLayer`, each head scaled inside the model):
+    ``[(name, columns, factor, spread)]`` per head, ``factor`` undoing its scale and ``spread`` the
+    standard deviation of its true values in ``reference`` (model outputs, ``(..., outputs)``)."""
+    last = network.layers[-1]
+    if not isinstance(last, OutputsLayer):
+        return None
+    heads, start = [], 0
+    flat = np.asarray(reference, np.float64).reshape(-1, network.output_size)
+    for name, size, scale in zip(last.heads, last.sizes, last.head_scales()):
+        columns = slice(start, start + int(size))
+        heads.append((name, columns, 1.0 / scale, float(np.std(flat[:, columns] / scale))))
+        start += int(size)
+    return heads
+
+
+def measure(reference: np.ndarray, candidate: np.ndarray, spread: float, heads: list | None) -> dict:
+    """:func:`error_metrics`; with several heads, each head's in its own units over its own spread
+    (``outputs``), and the headline figures those of the worst head: a probability head's error
+    is not averaged away behind a RUL head's range."""
+    if not heads:
+        return error_metrics(reference, candidate, spread)
+    reference = np.asarray(reference, np.float64).reshape(-1, reference.shape[-1])
+    candidate = np.asarray(candidate, np.float64).reshape(-1, candidate.shape[-1])
+    per_head = {name: error_metrics(reference[:, columns] * factor, candidate[:, columns] * factor, head_spread)
+                for name, columns, factor, head_spread in heads}
+    worst = max(per_head, key=lambda name: _finite(per_head[name]["relative_rmse"]))
+    return dict(per_head[worst], worst_output=worst, outputs=per_head)
 
 
 def stream(stepper, sequences: list, output_size: int) -> list:
@@ -100,6 +131,7 @@ def build_report(network, steppers: dict, held_out: list, normalization, long_st
     expected = {"every_step": np.concatenate(float_outputs), "last_step": np.stack([o[-1] for o in float_outputs])}
     spread = float(np.std(expected["every_step"]))
     report["held_out"]["output_std"] = spread
+    heads = heads_of(network, expected["every_step"])
     if "last_of_window" in uses:
         windows = windows_of(held_out, window, eval_windows, seed)
         expected["last_of_window"] = reference.run(normalization.apply(windows))[0][:, -1]
@@ -115,13 +147,13 @@ def build_report(network, steppers: dict, held_out: list, normalization, long_st
         measured = {}
         if "last_of_window" in uses:
             outputs = np.stack([o[-1] for o in stream(stepper, list(windows), network.output_size)])
-            measured["last_of_window"] = error_metrics(expected["last_of_window"], outputs, spread)
+            measured["last_of_window"] = measure(expected["last_of_window"], outputs, spread, heads)
             traces[name] = outputs
         if "every_step" in uses:
             outputs = stream(stepper, held_out, network.output_size)
-            measured["every_step"] = error_metrics(expected["every_step"], np.concatenate(outputs), spread)
+            measured["every_step"] = measure(expected["every_step"], np.concatenate(outputs), spread, heads)
             if "last_step" in uses:
-                measured["last_step"] = error_metrics(expected["last_step"], np.stack([o[-1] for o in outputs]), spread)
+                measured["last_step"] = measure(expected["last_step"], np.stack([o[-1] for o in outputs]), spread, heads)
             traces[name] = outputs[0]
         headline = max((use for use in uses), key=lambda use: _finite(measured[use]["relative_rmse"]))
         metrics = dict(measured[headline], measured_at=headline, **measured)
@@ -317,9 +349,10 @@ def build_window_report(network, models: dict, held_out_windows: np.ndarray, nor
               "models": {}}
     traces = {"float": reference.reshape(len(reference), -1)[:200]}
     reference_score = reconstruction_error(reference, normalized) if network.is_autoencoder else None
+    heads = heads_of(network, reference)
     for name, model in models.items():
         outputs = np.stack([np.array(model.run(held_out_windows[i : i + 1])[0]) for i in range(len(held_out_windows))])
-        metrics = dict(error_metrics(reference, outputs), measured_at="window")
+        metrics = dict(measure(reference, outputs, float(np.std(reference)), heads), measured_at="window")
         if reference_score is not None:
             metrics["anomaly_score"] = error_metrics(reference_score, reconstruction_error(outputs, normalized))
         report["models"][name] = metrics

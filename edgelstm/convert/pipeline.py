@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import platform
@@ -33,6 +34,7 @@ from edgelstm.errors import CalibrationError, ConversionError
 from .export.state_plan import ResidualCellPlan, StatePlan, plan_states
 from .drift_reference import reference_statistics
 from .importers import load_network, sniff_format
+from edgelstm.model.network import OutputsLayer
 from edgelstm.model.network_file import save_network
 from edgelstm.runtime.normalization import Normalization
 from edgelstm.runtime.targets import load_target
@@ -182,6 +184,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         kind = options.normalization or calibration.normalization or "none"
         normalization = Normalization.fit(kind, np.concatenate(calibration_part.sequences))
     calib_sequences = [normalization.apply(s) for s in calibration_part.sequences]
+    scale_heads(network, calib_sequences)
 
     if window_model:  # no state: the quantizers see whole windows of the calibration data
         plan, state_ranges = StatePlan([]), {}
@@ -371,14 +374,49 @@ def _external_data(model: Path) -> list:
 
 def _outputs(network) -> list:
     """What ``step()`` returns per stream. A window model's sequence output is reduced to its
-    last timestep, an autoencoder's reconstruction to its error (the anomaly score)."""
+    last timestep, an autoencoder's reconstruction to its error (the anomaly score). Several
+    heads: one entry each, in ``y``'s order, with the ``factor`` that undoes the head's scale."""
     if network.is_autoencoder:
         return [{"name": "anomaly_score", "size": 1, "mode": "reconstruction_error",
                  "reconstruction": [network.output_length(), network.output_size]}]
     mode = network.output_mode
     if network.mode == "window" and mode == "sequence":
         mode = "last_of_window"
+    last = network.layers[-1]
+    if isinstance(last, OutputsLayer):
+        return [{"name": head, "size": int(size), "mode": mode, "factor": 1.0 / scale}
+                for head, size, scale in zip(last.heads, last.sizes, last.head_scales())]
     return [{"name": "y", "size": network.output_size, "mode": mode}]
+
+
+def scale_heads(network, sequences: list, samples: int = 64) -> None:
+    """Several heads (an :class:`OutputsLayer`): scale each by the power of two that brings its
+    largest magnitude over (up to ``samples``) normalised calibration sequences to within
+    [0.5, 1), so one int8 grid for ``y`` serves every head alike. Powers of two keep the float
+    exports exact after the runtime's ``factor``."""
+    from edgelstm.model.reference import Reference, forward_sequence
+
+    last = network.layers[-1]
+    if not isinstance(last, OutputsLayer):
+        return
+    reference = Reference(network)
+    peaks = np.zeros(network.output_size)
+    last.scales = ()
+    for sequence in sequences[:samples]:
+        if network.mode == "window":
+            window = int(network.window)
+            if len(sequence) < window:
+                continue
+            values = forward_sequence(network, np.asarray(sequence[-window:])[None])
+        else:
+            values = reference.run(np.asarray(sequence))[0]
+        peaks = np.maximum(peaks, np.abs(np.asarray(values, np.float64)).reshape(-1, network.output_size).max(axis=0))
+    scales, start = [], 0
+    for size in last.sizes:
+        peak = float(peaks[start:start + size].max())
+        scales.append(float(2.0 ** -math.floor(math.log2(peak))) / 2.0 if peak > 0 and math.isfinite(peak) else 1.0)
+        start += size
+    last.scales = tuple(scales)
 
 
 def _attribution(network, models: list, out: Path, held_out: list, normalization, report: dict, options) -> dict | None:

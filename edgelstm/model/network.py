@@ -482,6 +482,40 @@ class ActivationLayer:
                 "activation": self.activation, "parameters": 0}
 
 
+@dataclass
+class OutputsLayer:
+    """A model's several outputs (multi-task heads) as one ``y``: ``concat(head_i * scales[i])``.
+
+    The converter sets each ``scales[i]`` to a power of two that brings head ``i`` to about +-1 on
+    the calibration data, so an int8 ``y`` gives every head the same resolution (a probability
+    head beside a RUL head of order 100 would otherwise get a 0.5 step); the manifest's
+    ``outputs[i].factor`` (``1 / scales[i]``, exact) turns them back. Always the last layer."""
+
+    name: str
+    heads: tuple  # the output layers' names, in the model's output order
+    sizes: tuple
+    scales: tuple = ()  # one per head; () means all 1
+
+    kind = "outputs"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return int(self.sizes[0])
+
+    @property
+    def output_size(self) -> int:
+        return int(sum(self.sizes))
+
+    def head_scales(self) -> tuple:
+        return tuple(self.scales) if self.scales else (1.0,) * len(self.sizes)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
+                "heads": list(self.heads), "sizes": [int(s) for s in self.sizes],
+                "scales": [float(s) for s in self.head_scales()], "parameters": 0}
+
+
 #: The model's input, as a layer's source in :attr:`Network.wiring`.
 INPUT = "<input>"
 
@@ -683,6 +717,8 @@ class Network:
                     _check_merge(layer, inputs, where)
                 elif isinstance(layer, (AttentionLayer, MultiHeadAttentionLayer)):
                     _check_attention(layer, inputs, where)
+                elif isinstance(layer, OutputsLayer):
+                    _check_outputs(self, layer, inputs, where)
                 else:
                     _check_layer(self, layer, positions[layer.name], *inputs[0], where)
             return shape_after(layer, inputs)
@@ -831,6 +867,18 @@ def _check_attention(layer, inputs: list, where: str) -> None:
     if sizes != expected:
         raise UnsupportedLayerError(f"{where} ({layer.kind}): expects query, value, key of {tuple(expected)} features, "
                                     f"gets {tuple(sizes)}")
+
+
+def _check_outputs(network: Network, layer: OutputsLayer, inputs: list, where: str) -> None:
+    """Several heads: the last layer, one size and scale per head, heads of one shape kind."""
+    if layer is not network.layers[-1]:
+        raise UnsupportedLayerError(f"{where} (outputs): only the last layer may join the model's outputs")
+    if tuple(size for size, _, _ in inputs) != tuple(layer.sizes) or (layer.scales and len(layer.scales) != len(layer.sizes)):
+        raise UnsupportedLayerError(f"{where} (outputs): its heads give {tuple(s for s, _, _ in inputs)} values, "
+                                    f"it declares {tuple(layer.sizes)}")
+    if len({(sequence, length if sequence else None) for _, sequence, length in inputs}) != 1:
+        raise UnsupportedLayerError(f"{where} (outputs): its heads mix sequences and single vectors; every output "
+                                    "must be of one kind (all per step, or all per sequence)")
 
 
 def _check_merge(layer: MergeLayer, inputs: list, where: str) -> None:

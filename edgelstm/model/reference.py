@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import (ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+from .network import (OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
                       LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
@@ -188,6 +188,8 @@ def per_timestep(layer, inputs: list) -> np.ndarray:
         return layer_norm(layer, value)
     if isinstance(layer, ActivationLayer):
         return activations.apply(layer.activation, value).astype(np.float32, copy=False)
+    if isinstance(layer, OutputsLayer):
+        return np.concatenate([head * np.float32(scale) for head, scale in zip(inputs, layer.head_scales())], axis=-1)
     raise TypeError(f"{type(layer).__name__} does not act per timestep")
 
 

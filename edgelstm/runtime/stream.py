@@ -318,6 +318,22 @@ def _open_window_model(bundle: Bundle, backend: str, entry: dict, threads: int, 
     return _opening(bundle.file(entry), backend, lambda: OnnxWindowModel(bundle.file(entry), threads=threads, batch=streams))
 
 
+def scale_outputs(stepper, factors: np.ndarray) -> None:
+    """Make ``stepper``'s ``step``/``step_within``/``run`` return their outputs times ``factors``
+    (one per output value): a model with several heads scales each inside (see
+    :class:`~edgelstm.model.network.OutputsLayer`); the factors, powers of two, undo it exactly."""
+    for name in ("step", "step_within", "run"):
+        method = getattr(stepper, name, None)
+        if method is None:
+            continue
+
+        def scaled(*args, _method=method, **kwargs):
+            y = _method(*args, **kwargs)
+            return None if y is None else y * factors
+
+        setattr(stepper, name, scaled)
+
+
 class StreamRuntime:
     """A bundle's step model, stepping ``streams`` independent streams one reading at a time."""
 
@@ -339,11 +355,20 @@ class StreamRuntime:
                                  f"steps; window={window} cannot be used")
             window = manifest["window"]
         self.window = int(window) if window else None
+        factors = np.concatenate([np.full(int(o["size"]), float(o.get("factor", 1.0)), np.float32) for o in manifest["outputs"]])
+        if np.any(factors != 1.0):  # several heads, each scaled inside the model: undone here, exactly
+            scale_outputs(stepper, factors)
         self._stepper = stepper
+        #: the outputs ``step()`` returns side by side: name -> slice of ``y`` (one entry per head)
+        self.outputs = {}
+        start = 0
+        for output in manifest["outputs"]:
+            self.outputs[output["name"]] = slice(start, start + int(output["size"]))
+            start += int(output["size"])
         self.n_features = int(manifest["input"]["n_features"])
         self.vocabulary = manifest["input"].get("vocabulary")  # token models: ids 0..vocabulary-1
         self.feature_names = list(manifest["input"].get("features") or [f"f{i}" for i in range(self.n_features)])
-        self.output_size = int(manifest["outputs"][0]["size"])
+        self.output_size = int(sum(int(o["size"]) for o in manifest["outputs"]))
         normalization = manifest["input"]["normalization"]
         self._offset = np.asarray(normalization["offset"], np.float32)
         self._scale = np.asarray(normalization["scale"], np.float32)

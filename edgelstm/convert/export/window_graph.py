@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgelstm.model.network import (ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
+from edgelstm.model.network import (OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
                                    LayerNormLayer, LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer,
                                    TimestepLayer)
 
@@ -149,6 +149,10 @@ def per_timestep(ops: Ops, layer, inputs: list):
         return ops.layer_norm(value, layer.gamma, layer.beta, layer.epsilon)
     if isinstance(layer, ActivationLayer):
         return ops.activation(layer.activation, value)
+    if isinstance(layer, OutputsLayer):  # each head on its own scale (powers of two: exact), then one y
+        heads = [head if scale == 1.0 else ops.mul_const(head, np.full(size, scale, np.float32))
+                 for head, size, scale in zip(inputs, layer.sizes, layer.head_scales())]
+        return ops.concat(heads) if len(heads) > 1 else heads[0]
     raise TypeError(f"{type(layer).__name__} does not act per timestep")
 
 

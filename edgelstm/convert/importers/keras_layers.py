@@ -17,7 +17,7 @@ import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
-from edgelstm.model.network import (INPUT, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
+from edgelstm.model.network import (INPUT, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
                                    EmbeddingLayer, GRULayer, LayerNormLayer, LSTMLayer, MergeLayer, Network,
                                    Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers, shape_after)
 
@@ -30,6 +30,9 @@ SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bid
                     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
                     "Attention (dot, use_scale, causal)", "MultiHeadAttention (self and cross, causal)",
                     "BatchNormalization") + IDENTITY_LAYERS
+#: The pseudo-layer that joins a functional model's several outputs (not a Keras class: its name
+#: cannot clash with a layer's, which Keras never writes with angle brackets).
+OUTPUTS_CLASS = "<outputs>"
 #: Keras' merge layers and the :class:`MergeLayer` mode each becomes.
 MERGE_CLASSES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
                  "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}
@@ -200,7 +203,7 @@ def _check_one(layer: KerasLayer) -> None:
             raise UnsupportedLayerError(f"{layer.where()}: only LayerNormalization over the feature axis (-1), "
                                         "without rms_scaling, is supported")
         return
-    if cls in ("InputLayer", "Dense", "Activation") or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
+    if cls in ("InputLayer", "Dense", "Activation", OUTPUTS_CLASS) or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
         return
     raise UnsupportedLayerError(
         f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
@@ -329,6 +332,9 @@ def _lower_one(layer: KerasLayer, graph: "_Lowering", read_weights, keras_major:
         return
     if cls in MERGE_CLASSES:
         graph.emit(layer, _merge(layer, sources, graph), sources)
+        return
+    if cls == OUTPUTS_CLASS:
+        graph.emit(layer, OutputsLayer(OUTPUTS_CLASS, tuple(layer.inputs), tuple(graph.size(n, layer) for n in sources)), sources)
         return
     if cls == "Attention" and not layer.config.get("use_scale"):
         graph.emit(layer, _attention(layer, sources, graph, []), sources)
@@ -625,10 +631,10 @@ def graph_from_functional(layer_configs: list, model_config: dict, source_name: 
         raise UnsupportedLayerError(f"{source_name}: the model has {len(roots)} inputs ({', '.join(roots)}); "
                                     "exactly one is supported")
     outputs = _layer_refs(model_config.get("output_layers")) or [n for n in order if not any(n in v for v in inbound.values())]
-    if len(outputs) != 1:
-        raise UnsupportedLayerError(f"{source_name}: the model has {len(outputs)} outputs ({', '.join(map(str, outputs))}); "
-                                    "one output is supported (the step model returns one y)")
-    needed, todo = set(), [outputs[0]]
+    if not outputs or len(set(outputs)) != len(outputs):
+        raise UnsupportedLayerError(f"{source_name}: the model's outputs ({', '.join(map(str, outputs)) or 'none'}) are "
+                                    "not one or more distinct layers")
+    needed, todo = set(), list(outputs)
     while todo:  # the output's ancestors: what the output is computed from
         name = todo.pop()
         if name not in by_name:
@@ -645,6 +651,8 @@ def graph_from_functional(layer_configs: list, model_config: dict, source_name: 
         pending.remove(ready)
         placed.add(ready)
         result.append((by_name[ready], inbound[ready], calls[ready]))
+    if len(outputs) > 1:  # several heads: one y, each head on its own scale (an OutputsLayer)
+        result.append(({"class_name": OUTPUTS_CLASS, "config": {"name": OUTPUTS_CLASS}}, list(outputs), {}))
     return result
 
 
