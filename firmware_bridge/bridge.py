@@ -237,8 +237,10 @@ class Bridge:
                 self._refuse(path, problem)
             else:
                 self._next_runtime = (new, path)  # the newest loaded wins
-            with self._update_lock:
+            with self._update_lock:  # the end is decided under the lock request_update takes: no request lost
                 path, self._load_again = self._load_again, None
+                if path is None:
+                    self._loading = None
 
     def _load(self, path: Path):
         if self._loader is not None:

@@ -215,7 +215,7 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
         Simulator([engines[1]], rate=500).play(link.write)
         assert stepped(len(engines[0]) + len(engines[1]))
         bridge.send_signal(signal.SIGHUP)  # systemctl reload: the same path loaded again
-        assert wait_until(lambda: health()["model_updates"]["applied"] == 2, 30)
+        assert wait_until(lambda: health()["model_updates"]["applied"] == 2, 30), health()["model_updates"]
         Simulator([engines[2]], rate=500).play(link.write)
         assert stepped(sum(len(e) for e in engines[:3]))
     finally:
