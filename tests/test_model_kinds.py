@@ -42,12 +42,14 @@ def _window_cases(keras):
                                    L.GlobalAveragePooling1D(), L.Dense(1)],
         "global_max_pooling": [L.LSTM(8, return_sequences=True), L.GlobalMaxPooling1D(), L.Dense(2),
                                L.Activation("sigmoid")],
+        "flatten": [L.Conv1D(4, 3, activation="relu"), L.LSTM(5, return_sequences=True), L.Flatten(), L.Dense(2)],
+        "reshape_flat": [L.Reshape((T, F)), L.LSTM(5, return_sequences=True), L.Reshape((T * 5,)), L.Dense(1)],
     }
 
 
 @pytest.mark.parametrize("case", ["bidirectional_lstm", "bidirectional_gru_sum_sequences", "autoencoder",
                                   "conv1d_front_end", "conv1d_valid_strided", "go_backwards", "global_average_pooling",
-                                  "global_max_pooling"])
+                                  "global_max_pooling", "flatten", "reshape_flat"])
 def test_window_model_float_exports_match_keras(keras, tmp_path, case):
     """Every window kind, unrolled, in float TFLite and ONNX: within 1e-5 of Keras."""
     import onnxruntime
@@ -76,7 +78,8 @@ def window_calibration(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("case", ["bidirectional_lstm", "autoencoder", "conv1d_front_end", "global_average_pooling"])
+@pytest.mark.parametrize("case", ["bidirectional_lstm", "autoencoder", "conv1d_front_end", "global_average_pooling",
+                                  "flatten"])
 def test_window_models_convert_to_int8_and_stream(keras, tmp_path, window_calibration, case):
     """int8 TFLite and ONNX, the int8 error in the report, and the runtime's window mode:
     NaN until the window is full, then the model's output over the last T readings (an

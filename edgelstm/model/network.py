@@ -393,9 +393,34 @@ class MultiHeadAttentionLayer:
 MULTI_HEAD_ARRAYS = ("query_kernel", "query_bias", "key_kernel", "key_bias", "value_kernel", "value_bias",
                      "output_kernel", "output_bias")
 
+@dataclass
+class FlattenLayer:
+    """``(steps, size) -> (steps * size,)``: a sequence laid out as one vector, step by step (Keras'
+    ``Flatten`` after a sequence). A window layer: it needs every step."""
+
+    name: str
+    steps: int
+    size: int
+
+    kind = "flatten"
+    parameter_count = 0
+
+    @property
+    def input_size(self) -> int:
+        return self.size
+
+    @property
+    def output_size(self) -> int:
+        return self.steps * self.size
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.size,
+                "steps": self.steps, "parameters": 0}
+
+
 #: Layers only a window network has.
 WINDOW_ONLY = (BidirectionalLayer, RepeatVectorLayer, Conv1DLayer, Pooling1DLayer, TimestepLayer, AttentionLayer,
-               MultiHeadAttentionLayer)
+               MultiHeadAttentionLayer, FlattenLayer)
 
 #: What a :class:`MergeLayer` computes from its inputs (Keras' merge layers).
 MERGE_MODES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
@@ -838,7 +863,7 @@ def shape_after(layer, inputs: list) -> tuple:
         sequence = layer.return_sequences
     elif isinstance(layer, RepeatVectorLayer):
         sequence, length = True, layer.times
-    elif isinstance(layer, TimestepLayer):
+    elif isinstance(layer, (TimestepLayer, FlattenLayer)):
         sequence = False
     elif isinstance(layer, (Conv1DLayer, Pooling1DLayer)) and length is not None:
         length = layer.output_length(length)
@@ -928,6 +953,10 @@ def _check_layer(network: Network, layer, position: int, size: int, sequence: bo
     elif isinstance(layer, RepeatVectorLayer):
         if sequence:
             raise UnsupportedLayerError(f"{where} (RepeatVector): repeats a vector, but gets a sequence")
+    elif isinstance(layer, FlattenLayer):
+        if not sequence or length != layer.steps:
+            raise UnsupportedLayerError(f"{where} (Flatten): flattens a sequence of {layer.steps} steps, gets "
+                                        f"{'a sequence of ' + str(length) + ' steps' if sequence else 'a vector'}")
     elif isinstance(layer, TimestepLayer):
         if not sequence or not -length <= layer.index < length:
             raise UnsupportedLayerError(f"{where} (timestep {layer.index}): needs a sequence of more than "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.errors import BundleError
-from .network import (MULTI_HEAD_ARRAYS, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+from .network import (MULTI_HEAD_ARRAYS, FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
                       LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 _ARRAYS = {
@@ -69,6 +69,8 @@ def _load_layer(weights: dict, prefix: str, spec: dict):
         return AttentionLayer(spec["name"], tuple(int(size) for size in spec["sizes"]), float(spec["scale"]), bool(spec["causal"]))
     if kind == "multi_head_attention":
         return MultiHeadAttentionLayer(spec["name"], *(w(attr) for attr in MULTI_HEAD_ARRAYS), causal=bool(spec["causal"]))
+    if kind == "flatten":
+        return FlattenLayer(spec["name"], int(spec["steps"]), int(spec["units"]) // max(1, int(spec["steps"])))
     if kind == "outputs":
         return OutputsLayer(spec["name"], tuple(str(h) for h in spec["heads"]), tuple(int(size) for size in spec["sizes"]),
                             tuple(float(scale) for scale in spec["scales"]))

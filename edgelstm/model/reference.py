@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import (OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
+from .network import (FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
                       LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
 
 
@@ -272,6 +272,8 @@ def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
             return pool1d(layer, value)
         if isinstance(layer, TimestepLayer):
             return value[:, layer.index]
+        if isinstance(layer, FlattenLayer):
+            return value.reshape(value.shape[0], -1)
         if isinstance(layer, AttentionLayer):
             query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
             return attend(query, keys, values, np.float32(layer.scale), layer.causal)

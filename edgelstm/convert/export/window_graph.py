@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgelstm.model.network import (OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
+from edgelstm.model.network import (FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer,
                                    LayerNormLayer, LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer,
                                    TimestepLayer)
 
@@ -124,6 +124,8 @@ def lower(network: Network, ops: Ops, steps: list, embedded: bool = False):
             return pool1d(ops, layer, value)
         if isinstance(layer, TimestepLayer):
             return value[layer.index]
+        if isinstance(layer, FlattenLayer):  # step after step along the features: Keras' row-major order
+            return ops.concat(value) if len(value) > 1 else value[0]
         if isinstance(layer, AttentionLayer):
             query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
             out = attention(ops, ops.stack(query), ops.stack(keys), ops.stack(values), layer.scale, layer.causal, len(query))

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
-from edgelstm.model.network import (INPUT, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
+from edgelstm.model.network import (INPUT, FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
                                    EmbeddingLayer, GRULayer, LayerNormLayer, LSTMLayer, MergeLayer, Network,
                                    Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers, shape_after)
 
@@ -26,7 +26,8 @@ IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDrop
 SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bidirectional(LSTM|GRU)", "Dense",
                     "Activation",
                     "TimeDistributed(Dense)", "RepeatVector", "Conv1D", "MaxPooling1D", "AveragePooling1D",
-                    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "LayerNormalization",
+                    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "LayerNormalization", "Flatten (after a sequence)",
+                    "Reshape (to the same shape, or flat)",
                     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
                     "Attention (dot, use_scale, causal)", "MultiHeadAttention (self and cross, causal)",
                     "BatchNormalization") + IDENTITY_LAYERS
@@ -203,7 +204,7 @@ def _check_one(layer: KerasLayer) -> None:
             raise UnsupportedLayerError(f"{layer.where()}: only LayerNormalization over the feature axis (-1), "
                                         "without rms_scaling, is supported")
         return
-    if cls in ("InputLayer", "Dense", "Activation", OUTPUTS_CLASS) or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
+    if cls in ("InputLayer", "Dense", "Activation", "Flatten", "Reshape", OUTPUTS_CLASS) or cls in IDENTITY_LAYERS or cls in MERGE_CLASSES:
         return
     raise UnsupportedLayerError(
         f"{layer.where()}: {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
@@ -332,6 +333,30 @@ def _lower_one(layer: KerasLayer, graph: "_Lowering", read_weights, keras_major:
         return
     if cls in MERGE_CLASSES:
         graph.emit(layer, _merge(layer, sources, graph), sources)
+        return
+    if cls == "Reshape":  # shape bookkeeping only: the same shape, or a sequence laid out flat (Flatten)
+        size, sequence, length = graph.shape(sources[0], layer)
+        target = [int(v) for v in (layer.config.get("target_shape") or [])]
+        if target == ([length, size] if sequence else [size]) and (length or not sequence):
+            graph.alias(layer, sources[0])
+        elif sequence and length and target == [length * size]:
+            graph.emit(layer, FlattenLayer(layer.name, int(length), int(size)), sources)
+        else:
+            shape = f"({length}, {size})" if sequence else f"({size},)"
+            raise UnsupportedLayerError(f"{layer.where()}: Reshape of {shape} to {tuple(target)} is not supported; only "
+                                        "to the same shape or, from a sequence, to one flat vector (as Flatten)")
+        return
+    if cls == "Flatten":
+        if layer.config.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedLayerError(f"{layer.where()}: only channels_last Flatten is supported")
+        size, sequence, length = graph.shape(sources[0], layer)
+        if not sequence:  # a vector stays what it is
+            graph.alias(layer, sources[0])
+            return
+        if not length:
+            raise UnsupportedLayerError(f"{layer.where()}: Flatten needs a fixed window: a model with a declared input "
+                                        "length or edgelstm convert --window T")
+        graph.emit(layer, FlattenLayer(layer.name, int(length), graph.size(sources[0], layer)), sources)
         return
     if cls == OUTPUTS_CLASS:
         graph.emit(layer, OutputsLayer(OUTPUTS_CLASS, tuple(layer.inputs), tuple(graph.size(n, layer) for n in sources)), sources)
