@@ -228,3 +228,33 @@ def test_the_cli_loads_a_bundle_placed_at_its_path_and_reloads_on_sighup(bundles
     total = sum(len(e) for e in engines[:3])
     assert f"readings {total}: stepped {total}" in stderr
     assert len((tmp_path / "out.csv").read_text().splitlines()) == total + 1
+
+
+def test_a_reload_signal_another_thread_receives_is_handled_while_the_bridge_waits():
+    """The kernel may deliver SIGHUP to any of the bridge's threads; Python runs the handler in the
+    main thread only when that thread next runs bytecode. The bridge's main thread waits in short
+    ticks (``wait_for_signals``), so the reload happens then, not at exit."""
+    from firmware_bridge.cli import wait_for_signals
+
+    done, ready, handled = threading.Event(), threading.Event(), []
+
+    def other_thread():  # the only thread that takes SIGUSR1
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+        ready.set()
+        done.wait(10)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: (handled.append(True), done.set()))
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    thread = threading.Thread(target=other_thread, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(5)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        # True: the handler set `done` during the wait (one long Event.wait(8) returns False at its
+        # timeout instead, the handler running only after it)
+        assert wait_for_signals(done, 8) and handled
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+        signal.signal(signal.SIGUSR1, previous)
+        done.set()
+        thread.join(5)
