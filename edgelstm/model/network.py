@@ -135,6 +135,18 @@ class GRULayer(_RecurrentSizes):
         }
 
 
+class _SameSize:
+    """Layers whose value has the features of their input (``size``)."""
+
+    @property
+    def input_size(self) -> int:
+        return self.size
+
+    @property
+    def output_size(self) -> int:
+        return self.size
+
+
 #: The recurrent layer types.
 RECURRENT = (LSTMLayer, GRULayer)
 
@@ -179,7 +191,7 @@ class BidirectionalLayer:
 
 
 @dataclass
-class RepeatVectorLayer:
+class RepeatVectorLayer(_SameSize):
     """``(features,) -> (times, features)``: an autoencoder's code repeated over the window."""
 
     name: str
@@ -188,14 +200,6 @@ class RepeatVectorLayer:
 
     kind = "repeat_vector"
     parameter_count = 0
-
-    @property
-    def input_size(self) -> int:
-        return self.size
-
-    @property
-    def output_size(self) -> int:
-        return self.size
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "units": self.size, "input_size": self.size,
@@ -256,7 +260,7 @@ class Conv1DLayer:
 
 
 @dataclass
-class Pooling1DLayer:
+class Pooling1DLayer(_SameSize):
     """Max or average pooling over time (``padding='valid'``)."""
 
     name: str
@@ -268,13 +272,6 @@ class Pooling1DLayer:
     kind = "pooling1d"
     parameter_count = 0
 
-    @property
-    def input_size(self) -> int:
-        return self.size
-
-    @property
-    def output_size(self) -> int:
-        return self.size
 
     def output_length(self, length: int) -> int:
         return (length - self.pool_size) // self.strides + 1
@@ -285,7 +282,7 @@ class Pooling1DLayer:
 
 
 @dataclass
-class TimestepLayer:
+class TimestepLayer(_SameSize):
     """One timestep of a sequence: ``y = x[:, index]`` (PyTorch's ``out[:, -1]`` after a
     bidirectional LSTM, where the backward half has read only the last input step)."""
 
@@ -295,14 +292,6 @@ class TimestepLayer:
 
     kind = "timestep"
     parameter_count = 0
-
-    @property
-    def input_size(self) -> int:
-        return self.size
-
-    @property
-    def output_size(self) -> int:
-        return self.size
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "units": self.size, "input_size": self.size,
@@ -484,7 +473,7 @@ class LayerNormLayer:
 
 
 @dataclass
-class ActivationLayer:
+class ActivationLayer(_SameSize):
     """An activation on its own (Keras' ``Activation`` where it cannot fold into a Dense before it)."""
 
     name: str
@@ -493,14 +482,6 @@ class ActivationLayer:
 
     kind = "activation"
     parameter_count = 0
-
-    @property
-    def input_size(self) -> int:
-        return self.size
-
-    @property
-    def output_size(self) -> int:
-        return self.size
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "units": self.size, "input_size": self.size,
@@ -633,7 +614,8 @@ class AffineLayer:
 
 
 Layer = Union[LSTMLayer, GRULayer, DenseLayer, EmbeddingLayer, BidirectionalLayer, RepeatVectorLayer, Conv1DLayer,
-              Pooling1DLayer, TimestepLayer, MergeLayer, LayerNormLayer, ActivationLayer]
+              Pooling1DLayer, TimestepLayer, MergeLayer, LayerNormLayer, ActivationLayer, AttentionLayer,
+              MultiHeadAttentionLayer, FlattenLayer, OutputsLayer]
 
 
 @dataclass

@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.errors import BundleError
-from .network import (MULTI_HEAD_ARRAYS, FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
-                      LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
+from .network import (
+    MULTI_HEAD_ARRAYS, ActivationLayer, AttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
+    EmbeddingLayer, FlattenLayer, GRULayer, LSTMLayer, LayerNormLayer, MergeLayer,
+    MultiHeadAttentionLayer, Network, OutputsLayer, Pooling1DLayer, RepeatVectorLayer, TimestepLayer,
+)
 
 _ARRAYS = {
     "lstm": ("kernel", "recurrent_kernel", "bias"),

@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations
-from .network import (FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, GRULayer, LayerNormLayer,
-                      LSTMLayer, MergeLayer, Network, Pooling1DLayer, RepeatVectorLayer, TimestepLayer)
+from .network import (
+    ActivationLayer, AttentionLayer, BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer,
+    FlattenLayer, GRULayer, LSTMLayer, LayerNormLayer, MergeLayer, MultiHeadAttentionLayer, Network,
+    OutputsLayer, Pooling1DLayer, RepeatVectorLayer, TimestepLayer,
+)
 
 
 class Reference:

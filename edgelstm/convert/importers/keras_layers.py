@@ -17,9 +17,12 @@ import numpy as np
 
 from edgelstm.errors import ModelFormatError, UnsupportedLayerError
 from .keras_old import merge_recurrent_weights, sequential_layers, upgrade_layer
-from edgelstm.model.network import (INPUT, FlattenLayer, OutputsLayer, ActivationLayer, AttentionLayer, MultiHeadAttentionLayer, AffineLayer, BidirectionalLayer, Conv1DLayer, DenseLayer,
-                                   EmbeddingLayer, GRULayer, LayerNormLayer, LSTMLayer, MergeLayer, Network,
-                                   Pooling1DLayer, RepeatVectorLayer, TimestepLayer, fold_affine_layers, shape_after)
+from edgelstm.model.network import (
+    INPUT, fold_affine_layers, shape_after, ActivationLayer, AffineLayer, AttentionLayer,
+    BidirectionalLayer, Conv1DLayer, DenseLayer, EmbeddingLayer, FlattenLayer, GRULayer, LSTMLayer,
+    LayerNormLayer, MergeLayer, MultiHeadAttentionLayer, Network, OutputsLayer, Pooling1DLayer,
+    RepeatVectorLayer, TimestepLayer,
+)
 
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization")
