@@ -147,11 +147,16 @@ def test_gru_step_model_matches_keras_and_quantizes(keras, tmp_path, window_cali
 
 
 def test_keras2_hdf5_gru_and_bidirectional_match(tmp_path):
-    """Legacy Keras 2 files: a GRU (reset_after=False, Keras 2's old default) and a Bidirectional LSTM."""
+    """Legacy Keras 2 files: a GRU (reset_after=False, Keras 2's old default), a Bidirectional LSTM,
+    a Conv1D/pooling front end with global pooling, and RepeatVector with Flatten."""
     tf_keras = pytest.importorskip("tf_keras")
     L = tf_keras.layers
     for name, layers in (("gru", [L.GRU(7, reset_after=False, return_sequences=True), L.Dense(2)]),
-                         ("bidirectional", [L.Bidirectional(L.LSTM(5, return_sequences=True)), L.LSTM(4), L.Dense(1)])):
+                         ("bidirectional", [L.Bidirectional(L.LSTM(5, return_sequences=True)), L.LSTM(4), L.Dense(1)]),
+                         ("conv1d_pooling", [L.Conv1D(4, 3, padding="causal", activation="relu"), L.MaxPooling1D(2),
+                                             L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D(), L.Dense(1)]),
+                         ("flatten_autoencoder", [L.LSTM(4), L.RepeatVector(T), L.LSTM(3, return_sequences=True),
+                                                  L.Flatten(), L.Dense(2)])):
         model = tf_keras.Sequential([tf_keras.Input((T, F))] + layers)
         _randomize(model, seed=5)
         model.save(tmp_path / f"{name}.h5")
