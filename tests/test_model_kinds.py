@@ -163,6 +163,13 @@ def test_keras2_hdf5_gru_and_bidirectional_match(tmp_path):
         network = load_network(tmp_path / f"{name}.h5")
         x = np.random.default_rng(6).normal(size=(2, T, F)).astype("float32")
         assert np.max(np.abs(Reference(network).predict(x) - model.predict(x, verbose=0))) <= 1e-5, name
+    tokens = tf_keras.Sequential([tf_keras.Input((None,), dtype="int32"), L.Embedding(20, 6), L.LSTM(5), L.Dense(1)])
+    _randomize(tokens, seed=7)
+    tokens.save(tmp_path / "embedding.h5")
+    network = load_network(tmp_path / "embedding.h5")
+    ids = np.random.default_rng(8).integers(0, 20, size=(2, T))
+    assert network.input_kind == "token"
+    assert np.max(np.abs(Reference(network).predict(ids) - tokens.predict(ids, verbose=0))) <= 1e-5
 
 
 def test_stateful_keras_model_is_a_step_model(keras, tmp_path):
