@@ -36,6 +36,7 @@ ROLE_NAMES = {
     "s": "residual plus change (residual cells)",
     "carry": "the carry into c_hi (residual cells)",
     "clo": "the residual c_lo (residual cells)",
+    "ct": "c_hi + c_lo, the input of the cell's tanh (residual cells)",
     "rh": "r * h (GRU: the reset h, or r times the recurrent candidate term)",
     "hd": "hh - h (GRU: the candidate minus the state)",
     "hu": "(1 - z) (hh - h) (GRU: the update)",
@@ -126,7 +127,7 @@ class Replay:
             source = roles.get(int(op["inputs"][0]), (None, None))
             if source[0] in ("z", "zx", "zh"):
                 roles[index] = ("act(z)", source[1])
-            elif source[0] == "c":
+            elif source[0] in ("c", "ct"):
                 roles[index] = ("act(c)", source[1])
         return roles
 
