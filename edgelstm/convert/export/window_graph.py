@@ -238,17 +238,22 @@ def lstm_cell(ops: Ops, layer: LSTMLayer, x, h, c) -> tuple:
         i, g, o = ops.split(ops.dense(x, layer.kernel[:, columns], layer.bias[columns]), 3)
         c_new = ops.mul(ops.activation(gate, i), ops.activation(act, g))
         return ops.mul(ops.activation(gate, o), ops.activation(act, c_new)), c_new
-    z = ops.add(ops.dense(x, layer.kernel, layer.bias), ops.dense(h, layer.recurrent_kernel))
-    i, f, g, o = ops.split(z, 4)
+    i, f, g, o = (ops.add(ops.dense(x, layer.kernel[:, q], layer.bias[q]), ops.dense(h, layer.recurrent_kernel[:, q]))
+                  for q in _gate_columns(layer.units, 4))  # each gate on a grid of its own (see the step exporter)
     c_new = ops.add(ops.mul(ops.activation(gate, f), c), ops.mul(ops.activation(gate, i), ops.activation(act, g)))
     return ops.mul(ops.activation(gate, o), ops.activation(act, c_new)), c_new
+
+
+def _gate_columns(units: int, gates: int) -> list:
+    return [slice(q * units, (q + 1) * units) for q in range(gates)]
 
 
 def gru_cell(ops: Ops, layer: GRULayer, x, h):
     """``h' = hh + z (h - hh)``; with a zero ``h`` (the first step): ``hh - z hh``."""
     units = layer.units
     gate, act = layer.recurrent_activation, layer.activation
-    z_in, r_in, h_in = ops.split(ops.dense(x, layer.kernel, layer.bias), 3)
+    gates = _gate_columns(units, 3)  # one FC per gate and source: each gate on a grid of its own
+    z_in, r_in, h_in = (ops.dense(x, layer.kernel[:, q], layer.bias[q]) for q in gates)
     if h is None:  # zero state: the recurrent matmul is just the recurrent bias
         z = ops.activation(gate, _plus(ops, z_in, layer.recurrent_bias[:units]))
         r = ops.activation(gate, _plus(ops, r_in, layer.recurrent_bias[units : 2 * units]))
@@ -258,12 +263,12 @@ def gru_cell(ops: Ops, layer: GRULayer, x, h):
             candidate = ops.activation(act, h_in)
         return ops.sub(candidate, ops.mul(z, candidate))
     if layer.reset_after:
-        z_h, r_h, h_h = ops.split(ops.dense(h, layer.recurrent_kernel, layer.recurrent_bias), 3)
+        z_h, r_h, h_h = (ops.dense(h, layer.recurrent_kernel[:, q], layer.recurrent_bias[q]) for q in gates)
         z = ops.activation(gate, ops.add(z_in, z_h))
         r = ops.activation(gate, ops.add(r_in, r_h))
         candidate = ops.activation(act, ops.add(h_in, ops.mul(r, h_h)))
     else:
-        z_h, r_h = ops.split(ops.dense(h, layer.recurrent_kernel[:, : 2 * units]), 2)
+        z_h, r_h = (ops.dense(h, layer.recurrent_kernel[:, q]) for q in gates[:2])
         z = ops.activation(gate, ops.add(z_in, z_h))
         r = ops.activation(gate, ops.add(r_in, r_h))
         candidate = ops.activation(act, ops.add(h_in, ops.dense(ops.mul(r, h), layer.recurrent_kernel[:, 2 * units :])))
