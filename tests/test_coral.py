@@ -26,7 +26,7 @@ from edgelstm.runtime.targets import load_target
 
 from .conftest import run_cli
 
-STEP_OPS = {"FULLY_CONNECTED", "ADD", "SUB", "SPLIT", "LOGISTIC", "MUL", "TANH", "CONCATENATION"}
+STEP_OPS = {"FULLY_CONNECTED", "ADD", "SUB", "LOGISTIC", "MUL", "TANH", "CONCATENATION"}  # one FC pair per gate: no SPLIT
 
 
 # --- (a) a real converted bundle --------------------------------------------------------

@@ -199,22 +199,33 @@ class Replay:
         return out
 
     def float_weights_from(self, network_weights: "Replay") -> dict:
-        """The float model's FC weights, matched to this model's FC ops in order."""
-        mine = [p for p, op in enumerate(self.ops) if op["op_name"] == "FULLY_CONNECTED"]
+        """The float model's FC weights, each matched to the FC of this model that holds it rounded.
+
+        The two files may lay the same network out differently (a residual GRU computes each gate on
+        its own, in another order than the float model's step), so FCs pair by content: an int8 FC
+        takes the float FC of its shape whose every row, rounded to half a step of its ``max |w| / 127``
+        grid, is the int8 row, or its negation (a residual cell's ``1 - f`` gate). Empty when any int8
+        FC finds none. Each keeps its own bias: a graph layout may fold two of the float model's
+        biases into one (a residual GRU's gate FC carries the input and the recurrent bias)."""
         theirs = [p for p, op in enumerate(network_weights.ops) if op["op_name"] == "FULLY_CONNECTED"]
-        if len(mine) != len(theirs):
-            return {}
         result = {}
-        for a, b in zip(mine, theirs):
-            ins = [int(v) for v in network_weights.ops[b]["inputs"]]
-            weights = network_weights.constants[ins[1]]
-            quantized = self.constants[int(self.ops[a]["inputs"][1])]
-            if weights.shape != quantized.shape:
+        for a, op in enumerate(self.ops):
+            if op["op_name"] != "FULLY_CONNECTED":
+                continue
+            quantized = self.constants[int(op["inputs"][1])]
+            for b in theirs:
+                ins = [int(v) for v in network_weights.ops[b]["inputs"]]
+                weights = network_weights.constants[ins[1]]
+                if weights.shape != quantized.shape:
+                    continue
+                sign = np.where(np.sum(weights * quantized, axis=1) < 0, -1.0, 1.0)
+                step = np.abs(weights).max(axis=1, keepdims=True) / 127.0
+                if np.all(np.abs(quantized - weights * sign[:, None]) <= 0.51 * step + 1e-7):
+                    own = [int(v) for v in op["inputs"]]  # the int8 file's own bias (int32: its rounding is negligible)
+                    result[a] = (weights * sign[:, None], self.constants.get(own[2]) if len(own) > 2 and own[2] >= 0 else None)
+                    break
+            else:
                 return {}
-            # an output the int8 graph computes negated (a residual cell's 1 - f gate) flips its row
-            sign = np.where(np.sum(weights * quantized, axis=1) < 0, -1.0, 1.0)
-            bias = network_weights.constants.get(ins[2]) if ins[2] >= 0 else None
-            result[a] = (weights * sign[:, None], None if bias is None else bias * sign)
         return result
 
 
