@@ -199,9 +199,8 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
         samples = [{"x": w[None].astype(np.int32) if token else w[None]} for w in windows]
         onnx_samples = [{"x": w[None].astype(np.int64) if token else w[None]} for w in windows[: options.onnx_samples // 4]]
     else:
-        runs = _calibration_runs(calib_sequences, options)
-        with _progress(len(runs), "calibrating", options.progress) as bar:
-            recording = record(network, runs, progress=bar)
+        with _progress(len(calib_sequences), "calibrating", options.progress) as bar:
+            recording = record(network, calib_sequences, progress=bar)
         calibration_steps = recording.n_steps
         plan = plan_states(network, recording.unit_ranges, max_groups=options.cell_groups)
         residual = None
@@ -226,7 +225,7 @@ def _build(options: ConvertOptions, final: Path, out: Path) -> dict:
     models, steppers, skipped = [], {}, []
     tuning = None  # int8 TFLite step models: grids from the grid search, found once for both variants
     if not window_model and not token and options.grid_search and ("tflite", "int8", "quantized") in jobs:
-        tuning = {"sequences": _grid_sequences(_calibration_runs(calib_sequences, options), options)}
+        tuning = {"sequences": _grid_sequences(calib_sequences, options)}
     with tempfile.TemporaryDirectory() as scratch, _progress(len(jobs), "converting", options.progress) as bar:
         for fmt, quant, io in jobs:
             try:
@@ -478,21 +477,6 @@ def _default_model(models: list, target, decision: dict | None = None) -> str | 
                 if (m["quant"], m["format"], m["io"]) == (quant, fmt, io):
                     return m["file"]
     return models[0]["file"] if models else None
-
-
-def _calibration_runs(sequences: list, options: ConvertOptions) -> list:
-    """What the step model will be run over, as the calibrator and the grid search stream it: the
-    calibration sequences, each from a zero state; for a model used on windows (``--window N``: the
-    runtime reruns it over the last N readings from a fresh state) ``window_samples`` windows of N
-    steps instead. Whole sequences would calibrate it on states it never visits in use: a model
-    trained on 30-cycle windows, streamed over a 300-cycle engine, drives its cell state far
-    outside the range a 30-step run reaches, and every state grid would be that much coarser."""
-    if not options.window:
-        return sequences
-    try:
-        return list(fidelity.windows_of(sequences, options.window, options.window_samples, options.seed))
-    except ValueError as exc:
-        raise CalibrationError(f"calibration data: {exc}") from None
 
 
 def _grid_sequences(sequences: list, options: ConvertOptions) -> list:
