@@ -26,9 +26,11 @@ from .tflite_ops import TFOps, activation, convert_function, quant_params_for_ra
 from .window_graph import gru_cell, per_timestep
 
 
-def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
+def build_step_function(network: Network, plan: StatePlan, batch: int = 1, per_gate: bool = False):
     """A concrete ``tf.function`` computing one step, outputs keyed by ``plan.output_names()``,
-    and the module that owns it (the converter takes its signature from there)."""
+    and the module that owns it (the converter takes its signature from there). ``per_gate``: the
+    full-integer graph, each gate's pre-activation on a grid of its own (:func:`_gate_preactivation`);
+    otherwise one FC pair per cell-state group for all four gates and a SPLIT (fewer ops)."""
     tf = tensorflow()
     net = permuted_network(network, plan)
     units_of = plan.tensor_units()
@@ -42,6 +44,7 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
         state = dict(zip(names, state_list))
         outputs = {}
         ops = TFOps(tf)
+        ops.per_gate = per_gate
         counters = {"k": 0, "d": 0}
 
         def apply(layer, inputs):
@@ -49,7 +52,7 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
             if isinstance(layer, LSTMLayer):
                 k = counters["k"]
                 counters["k"] += 1
-                return _lstm_step(tf, layer, value, state, outputs, plan, k, residual)
+                return _lstm_step(tf, layer, value, state, outputs, plan, k, residual, per_gate)
             if isinstance(layer, GRULayer):
                 k = counters["k"]
                 counters["k"] += 1
@@ -75,7 +78,8 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1):
     return module.step.get_concrete_function(), module
 
 
-def _lstm_step(tf, layer: LSTMLayer, value, state: dict, outputs: dict, plan: StatePlan, k: int, residual: bool):
+def _lstm_step(tf, layer: LSTMLayer, value, state: dict, outputs: dict, plan: StatePlan, k: int, residual: bool,
+               per_gate: bool):
     """One LSTM step over the plan's cell-state groups; writes ``h_k_out`` and the cells' outputs."""
     h = state[f"h_{k}"]
     gate, act = layer.recurrent_activation, layer.activation
@@ -87,8 +91,11 @@ def _lstm_step(tf, layer: LSTMLayer, value, state: dict, outputs: dict, plan: St
         sign = np.ones(4 * size, np.float32)
         if residual:
             sign[size : 2 * size] = -1.0
-        i, f, g, o = [_gate_preactivation(tf, value, h, layer, columns[q * size:(q + 1) * size], sign[q * size:(q + 1) * size], tag)
-                      for q in range(4)]
+        if per_gate:
+            i, f, g, o = [_gate_preactivation(tf, value, h, layer, columns[q * size:(q + 1) * size],
+                                              sign[q * size:(q + 1) * size], tag) for q in range(4)]
+        else:
+            i, f, g, o = tf.split(_gate_preactivation(tf, value, h, layer, columns, sign, tag), 4, axis=1)
         update = tf.multiply(activation(tf, gate, i), activation(tf, act, g), name="ig" + tag)
         if residual:
             c_tanh = _residual_cell(tf, activation(tf, gate, f), update, state, outputs, cell_name, tag)
@@ -108,7 +115,7 @@ TANH_FLAT = 3.12
 
 
 def _gate_preactivation(tf, x, h, layer, columns, sign, tag):
-    """One gate's pre-activation ``FC(x) + bias + FC(h)``, on a grid of its own.
+    """One gate's (or, given every gate's ``columns``, all four gates') pre-activation ``FC(x) + bias + FC(h)``.
 
     Each gate gets its own FCs (not one FC for all four and a SPLIT, whose outputs share one grid):
     the gates' ranges differ (a forget gate's bias may put it at +-6 while the others stay within
@@ -249,7 +256,7 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
     ``representative`` is a callable returning an iterable of input lists (normalised x
     and states, float32, keyed by ``plan.input_names()``); required for ``int8`` and ``int16x8``.
     """
-    function, module = build_step_function(network, plan, batch=batch)
+    function, module = build_step_function(network, plan, batch=batch, per_gate=quant == "int8")
     model = convert_function(function, module, quant, representative, io=io)
     if isinstance(plan, ResidualCellPlan):
         model = set_carry_grids(model, plan)

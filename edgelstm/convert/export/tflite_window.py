@@ -15,8 +15,9 @@ from . import window_graph
 from .tflite_ops import TFOps, convert_function, tensorflow
 
 
-def build_window_function(network: Network, batch: int = 1):
-    """A concrete ``tf.function`` over one window and the module that owns it."""
+def build_window_function(network: Network, batch: int = 1, per_gate: bool = False):
+    """A concrete ``tf.function`` over one window and the module that owns it (``per_gate``: the
+    full-integer graph, each gate on a grid of its own; :class:`.window_graph.Ops`)."""
     tf = tensorflow()
     steps = network.window
     token = network.input_kind == "token"
@@ -28,7 +29,9 @@ def build_window_function(network: Network, batch: int = 1):
             x = tf.gather(tf.constant(network.layers[0].table), x)  # (batch, T, dim)
         width = int(x.shape[-1])
         parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
-        value = window_graph.lower(network, TFOps(tf), parts, embedded=token)
+        ops = TFOps(tf)
+        ops.per_gate = per_gate
+        value = window_graph.lower(network, ops, parts, embedded=token)
         return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
 
     module = tf.Module()
@@ -36,20 +39,21 @@ def build_window_function(network: Network, batch: int = 1):
     return module.window.get_concrete_function(), module
 
 
-_traced: dict = {}  # (id(network), batch) -> (network, function, module): one trace per network for all variants
+_traced: dict = {}  # (id(network), batch, per_gate) -> (network, function, module): one trace per network and graph
 
 
-def _window_function(network: Network, batch: int):
-    key = (id(network), batch)
+def _window_function(network: Network, batch: int, per_gate: bool):
+    key = (id(network), batch, per_gate)
     found = _traced.get(key)
     if found is None or found[0] is not network:
-        _traced.clear()  # one network at a time: traces of large unrolled graphs are big
-        found = _traced[key] = (network, *build_window_function(network, batch=batch))
+        if any(k[0] != id(network) for k in _traced):
+            _traced.clear()  # one network at a time: traces of large unrolled graphs are big
+        found = _traced[key] = (network, *build_window_function(network, batch=batch, per_gate=per_gate))
     return found[1], found[2]
 
 
 def convert(network: Network, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
     """Convert the window graph to a TFLite flatbuffer (see the module docstring for ``io``)."""
-    function, module = _window_function(network, batch)
+    function, module = _window_function(network, batch, per_gate=quant == "int8")
     return convert_function(function, module, quant, representative, io=io,
                             integer_input=network.input_kind != "token", what="the window model ")

@@ -29,7 +29,12 @@ class Ops:
     """The primitive operations a window graph needs; each backend implements them.
 
     Tensors are backend values of shape ``(batch, size)``; weights are float32 numpy arrays.
+    ``per_gate``: the recurrent cells compute each gate's pre-activation with FCs of its own (a
+    grid of its own when activations are quantized) rather than one FC for all gates and a SPLIT
+    (fewer ops, and one large weight matrix that dynamic-range quantization keeps int8).
     """
+
+    per_gate = True
 
     def dense(self, x, kernel, bias=None):  # x @ kernel (+ bias)
         raise NotImplementedError
@@ -238,8 +243,11 @@ def lstm_cell(ops: Ops, layer: LSTMLayer, x, h, c) -> tuple:
         i, g, o = ops.split(ops.dense(x, layer.kernel[:, columns], layer.bias[columns]), 3)
         c_new = ops.mul(ops.activation(gate, i), ops.activation(act, g))
         return ops.mul(ops.activation(gate, o), ops.activation(act, c_new)), c_new
-    i, f, g, o = (ops.add(ops.dense(x, layer.kernel[:, q], layer.bias[q]), ops.dense(h, layer.recurrent_kernel[:, q]))
-                  for q in _gate_columns(layer.units, 4))  # each gate on a grid of its own (see the step exporter)
+    if ops.per_gate:  # each gate on a grid of its own (see the step exporter)
+        i, f, g, o = (ops.add(ops.dense(x, layer.kernel[:, q], layer.bias[q]), ops.dense(h, layer.recurrent_kernel[:, q]))
+                      for q in _gate_columns(layer.units, 4))
+    else:
+        i, f, g, o = ops.split(ops.add(ops.dense(x, layer.kernel, layer.bias), ops.dense(h, layer.recurrent_kernel)), 4)
     c_new = ops.add(ops.mul(ops.activation(gate, f), c), ops.mul(ops.activation(gate, i), ops.activation(act, g)))
     return ops.mul(ops.activation(gate, o), ops.activation(act, c_new)), c_new
 
@@ -248,12 +256,21 @@ def _gate_columns(units: int, gates: int) -> list:
     return [slice(q * units, (q + 1) * units) for q in range(gates)]
 
 
+def _gate_dense(ops: Ops, x, kernel, bias, gates: list) -> list:
+    """``x @ kernel + bias`` for each gate's columns: one FC per gate (``ops.per_gate``) or one FC and a SPLIT."""
+    if ops.per_gate:
+        return [ops.dense(x, kernel[:, q], None if bias is None else bias[q]) for q in gates]
+    width = gates[-1].stop
+    value = ops.dense(x, kernel[:, :width], None if bias is None else bias[:width])
+    return ops.split(value, len(gates)) if len(gates) > 1 else [value]
+
+
 def gru_cell(ops: Ops, layer: GRULayer, x, h):
     """``h' = hh + z (h - hh)``; with a zero ``h`` (the first step): ``hh - z hh``."""
     units = layer.units
     gate, act = layer.recurrent_activation, layer.activation
-    gates = _gate_columns(units, 3)  # one FC per gate and source: each gate on a grid of its own
-    z_in, r_in, h_in = (ops.dense(x, layer.kernel[:, q], layer.bias[q]) for q in gates)
+    gates = _gate_columns(units, 3)
+    z_in, r_in, h_in = _gate_dense(ops, x, layer.kernel, layer.bias, gates)
     if h is None:  # zero state: the recurrent matmul is just the recurrent bias
         z = ops.activation(gate, _plus(ops, z_in, layer.recurrent_bias[:units]))
         r = ops.activation(gate, _plus(ops, r_in, layer.recurrent_bias[units : 2 * units]))
@@ -263,12 +280,12 @@ def gru_cell(ops: Ops, layer: GRULayer, x, h):
             candidate = ops.activation(act, h_in)
         return ops.sub(candidate, ops.mul(z, candidate))
     if layer.reset_after:
-        z_h, r_h, h_h = (ops.dense(h, layer.recurrent_kernel[:, q], layer.recurrent_bias[q]) for q in gates)
+        z_h, r_h, h_h = _gate_dense(ops, h, layer.recurrent_kernel, layer.recurrent_bias, gates)
         z = ops.activation(gate, ops.add(z_in, z_h))
         r = ops.activation(gate, ops.add(r_in, r_h))
         candidate = ops.activation(act, ops.add(h_in, ops.mul(r, h_h)))
     else:
-        z_h, r_h = (ops.dense(h, layer.recurrent_kernel[:, q]) for q in gates[:2])
+        z_h, r_h = _gate_dense(ops, h, layer.recurrent_kernel, None, gates[:2])
         z = ops.activation(gate, ops.add(z_in, z_h))
         r = ops.activation(gate, ops.add(r_in, r_h))
         candidate = ops.activation(act, ops.add(h_in, ops.dense(ops.mul(r, h), layer.recurrent_kernel[:, 2 * units :])))
