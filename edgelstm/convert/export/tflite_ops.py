@@ -69,8 +69,9 @@ def activation(tf, name: str, value):
 class TFOps(window_graph.Ops):
     """The op interface on TensorFlow tensors; each weight array becomes one constant."""
 
-    def __init__(self, tf):
+    def __init__(self, tf, per_gate: bool = True):
         self.tf = tf
+        self.per_gate = per_gate
         self._constants = {}  # content -> constant: one per weight array, however many steps use it
 
     def constant(self, array):

@@ -43,8 +43,7 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1, per_g
     def step(x, *state_list):
         state = dict(zip(names, state_list))
         outputs = {}
-        ops = TFOps(tf)
-        ops.per_gate = per_gate
+        ops = TFOps(tf, per_gate=per_gate)
         counters = {"k": 0, "d": 0}
 
         def apply(layer, inputs):
@@ -224,18 +223,18 @@ def set_carry_grids(model: bytes, plan: "ResidualCellPlan") -> bytes:
     grids = {}
     for k in range(len(plan.layers)):
         for j, cell in enumerate(plan.cell_names(k)):
-            grids[f"carry__L{k}g{j}"] = plan.hi_grid[cell][0]
+            grids[f"carry__L{k}g{j}"] = (plan.hi_grid[cell][0], 0)
             lo, hi = plan.hi_ranges[cell]
             grids[f"ct__L{k}g{j}"] = quant_params_for_range(max(lo, -TANH_FLAT), min(hi, TANH_FLAT), "int8")
         if f"h_{k}" in plan.hi_grid:  # a GRU's residual hidden state
-            grids[f"hcarry__L{k}g0"] = plan.hi_grid[f"h_{k}"][0]
+            grids[f"hcarry__L{k}g0"] = (plan.hi_grid[f"h_{k}"][0], 0)
     found = set()
     for tensor in tensors:
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         for part in name.split(";"):
             key = part.rsplit("/", 1)[-1]
             if key in grids and tensor.quantization is not None and tensor.quantization.scale is not None:
-                scale, zero_point = grids[key] if isinstance(grids[key], tuple) else (grids[key], 0)
+                scale, zero_point = grids[key]
                 tensor.quantization.scale = [float(scale)]
                 tensor.quantization.zeroPoint = [int(zero_point)]
                 found.add(key)

@@ -29,9 +29,7 @@ def build_window_function(network: Network, batch: int = 1, per_gate: bool = Fal
             x = tf.gather(tf.constant(network.layers[0].table), x)  # (batch, T, dim)
         width = int(x.shape[-1])
         parts = [tf.reshape(part, [-1, width]) for part in tf.split(x, steps, axis=1)]
-        ops = TFOps(tf)
-        ops.per_gate = per_gate
-        value = window_graph.lower(network, ops, parts, embedded=token)
+        value = window_graph.lower(network, TFOps(tf, per_gate=per_gate), parts, embedded=token)
         return {"y": tf.stack(value, axis=1) if isinstance(value, list) else value}
 
     module = tf.Module()
