@@ -180,7 +180,7 @@ def test_a_flag_up_does_not_keep_the_monitor_on_its_full_look(cmapss_bundle, eng
 
     def run(data, always_full: bool):
         if always_full:
-            monkeypatch.setattr(DriftMonitor, "_flags_hold", lambda self: False)
+            monkeypatch.setattr(DriftMonitor, "_accepts", lambda self, *args: False)
         else:
             monkeypatch.undo()
         runtime = edgelstm.load(cmapss_bundle)

@@ -97,6 +97,9 @@ import numpy as np
 
 MAX_EVENTS = 1000  # events kept until events() is called; older ones are dropped and counted
 EPSILON = 1e-4  # floor for bin shares in PSI (an empty bin would make it infinite)
+# truthy when any element is: ndarray.any() goes through a Python-level wrapper that costs about
+# five times as much on these small arrays, and the full look asks it some thirty times
+_any = np.count_nonzero
 STUCK_TOLERANCE = 1e-10  # of |reference mean| + std: rounding room of the stuck pre-check for float64 readings
 
 
@@ -132,7 +135,7 @@ class DriftMonitor:
         self.low = np.asarray(reference["int8_range"][0], np.float64)
         self.high = np.asarray(reference["int8_range"][1], np.float64)
         bins = self.shares.shape[1]
-        self._offsets = (np.arange(n) * bins)[None, None, :]
+        self._offsets = (np.arange(streams * n) * bins).reshape(streams, n)  # each (stream, feature)'s first bin number
         # The ring: this window and the one before (2 * window rows); then three constant rows that
         # the matmul adds to its three results (see _matrix), so that each result is within its
         # line exactly when it lies between 0 and twice the line.
@@ -171,6 +174,8 @@ class DriftMonitor:
         self.clear_at = np.zeros((streams, n))
         self.psi = np.zeros((streams, n))
         self.saturated = np.zeros((streams, n))
+        self._no_share = np.zeros(streams)
+        self._input_share = self._no_share  # the mean of ``saturated`` over features, per stream
         self.state_saturated = np.zeros(streams)
         self.drifting = np.zeros((streams, n), bool)
         self.stuck = np.zeros((streams, n), bool)
@@ -185,8 +190,11 @@ class DriftMonitor:
         self._any_outside = False
         self._state_high = False
         self._calm = True  # no flag up, input and state saturation below the line (see _settle)
-        self._examined = None  # the comparison of the last full look (see _note_examined)
+        self._examined = None  # the comparison a full look (or _absorb) last accepted (see _note_examined)
         self._explained = False
+        self._scheduled = np.zeros(streams * n, bool)  # maybe-stuck runs whose full look is scheduled
+        self._psi_fresh = False  # PSI computed by this full look (events carry the current window's)
+        self._bounds_stale = True  # the drifting features' clear bounds need computing (see _note_examined)
         self._drift_rows = np.zeros(0, np.int64)
         self._zeros = np.zeros((streams, n))
         self._current = self._previous = self._zeros
@@ -235,21 +243,28 @@ class DriftMonitor:
             self._sample_state()
             self._settle()
 
-        def evaluate(position: int, seen: int, regular: bool = True, full: bool = True) -> None:
+        def evaluate(position: int, seen: int, regular: bool = True, full: bool = True, forced: bool = False) -> None:
             """``regular``: the means (every ``every`` readings); ``full``: input range and state
-            (once per window); anything near a line, or a flag up, goes to :meth:`_examine`."""
+            (once per window); ``forced``: a maybe-stuck run may now span the window. Anything
+            near a line, or a flag up, goes to :meth:`_examine` unless :meth:`_accepts` says the
+            full look would change no flag."""
             nonlocal evaluations
             evaluations += 1
             both = seen >= length
             quiet = means(position, both) if regular else True
             if full:
                 ranges(position)
-            if not (quiet and self._calm):
-                if not regular:
-                    means(position, both)
-                if (self._any_flag and self._within.tobytes() == self._examined and self._flags_hold()
-                        and self._saturation_holds()):
-                    return  # the full look would change no flag
+            if quiet and self._calm:
+                if regular:  # nothing near a line: what a later comparison is measured against
+                    self._examined, self._explained = quiet_pattern, True
+                return
+            if not regular:
+                means(position, both)
+            pattern = within.tobytes()
+            if forced and pattern != quiet_pattern:
+                self._examine(position, seen)
+            elif not ((self._any_flag or self._calm) and self._accepts(pattern, position, seen)
+                      and self._saturation_holds()):
                 self._examine(position, seen)
 
         # After the first two windows, with ``every`` dividing the ring, what is due repeats with the
@@ -271,8 +286,9 @@ class DriftMonitor:
                         into = both_dots[position] = self._matrix(position, True).dot
                     into(buffer, result)
                     pattern = less_equal(as_integers, lines, within).tobytes()
-                    if (pattern != quiet_pattern or not self._calm) and not (
-                            pattern == self._examined and self._any_flag and self._flags_hold()):
+                    if pattern == quiet_pattern and self._calm:
+                        self._examined, self._explained = quiet_pattern, True
+                    elif not ((self._any_flag or self._calm) and self._accepts(pattern, position, seen)):
                         self._examine(position, seen)
                 elif regular or full:
                     evaluate(position, seen, regular, full)
@@ -281,7 +297,7 @@ class DriftMonitor:
                 regular = seen % every == 0 or seen == extra
                 full = seen % w == 0
                 if regular or full:
-                    evaluate(position, seen, regular, full)
+                    evaluate(position, seen, regular, full, seen == extra)
             until = min(every - seen % every, w - seen % w)
             return min(until, extra - seen) if extra > seen else until
 
@@ -313,6 +329,9 @@ class DriftMonitor:
             nonlocal extra
             extra = at
 
+        def pending() -> int:
+            return extra
+
         def restart() -> None:
             nonlocal position, base, next_due, extra
             position = base = 0
@@ -326,6 +345,7 @@ class DriftMonitor:
 
         self.observe = observe
         self._where, self._count, self._look_again, self._restart = where, count, look_again, restart
+        self._pending = pending  # the reading number of the next extra evaluation (-1: none)
         self.evaluate = evaluate_now
         self._evaluate = evaluate  # (position, seen, regular, full): for tests and benchmarks
 
@@ -392,16 +412,18 @@ class DriftMonitor:
         """The share of each feature's window values outside the int8 input range."""
         if outside:
             values = window.reshape(self.t.window, self.streams, -1)
-            self.saturated = ((values < self.low) | (values > self.high)).mean(0)
+            outside_values = (values < self.low) | (values > self.high)
+            self.saturated = np.add.reduce(outside_values, axis=0, dtype=np.float64) / self.t.window  # the mean
+            self._input_share = np.add.reduce(self.saturated, axis=-1) / len(self.names)  # per stream
         else:
-            self.saturated = self._zeros
+            self.saturated, self._input_share = self._zeros, self._no_share
         self._any_outside = outside
 
     def _settle(self) -> None:
         """Calm: no flag up and no saturation share above its line, so that an evaluation whose
         means are quiet needs no full look (a few readings outside the int8 range, below the
         line, are counted again at the next window's check)."""
-        saturation = self._state_high or (self._any_outside and float(self.saturated.mean(-1).max()) > self.t.saturation)
+        saturation = self._state_high or (self._any_outside and float(self._input_share.max()) > self.t.saturation)
         self._calm = not (self._any_flag or saturation)
 
     def _sample_state(self) -> None:
@@ -430,39 +452,92 @@ class DriftMonitor:
         """``(window mean - previous window mean) / std`` at the last evaluation (0 until two windows)."""
         return ((self._result[1] - self._step_line) * self._scale).reshape(self.streams, -1)
 
-    def _flags_hold(self) -> bool:
-        """With a flag up and the comparison as at the last full look: True when the full look
-        would change nothing a regular evaluation decides, so it is skipped (a stuck sensor or a
-        drifting one kept every evaluation on the full look: +108 % and +152 % of ``step()``).
+    def _accepts(self, pattern: bytes, position: int, seen: int) -> bool:
+        """True when the full look now would change no flag a regular evaluation decides, so it
+        is skipped (a stuck sensor or a drifting one kept every evaluation on the full look:
+        +108 % and +152 % of ``step()``; an integer-valued sensor's repeated readings, each a
+        maybe-stuck run, kept sending calm evaluations there).
 
-        That is when every line crossed belongs to a flag already up (a shift or step line: a
-        drifting feature; the stuck pre-check: a stuck one), decided at the full look (flags
-        change nowhere else), and no drifting feature's window sum has come back within its
-        clear line. A stuck sensor that moves, a new drift and a jump all change the comparison
-        (the next evaluation looks in full); saturation is looked at in full once per window as
-        before."""
+        That is when the comparison is the one the last full look accepted, or differs from it
+        only in ways :meth:`_absorb` can account for; every line crossed then belongs to a flag
+        already up (a shift or step line: a drifting feature; the stuck pre-check: a stuck one)
+        or to a maybe-stuck run whose full look is scheduled for when it would span the whole
+        window; and no drifting feature's window sum has come back within its clear line."""
+        if pattern != self._examined and not self._absorb(position, seen):
+            return False
         if not self._explained:
             return False
         rows = self._drift_rows
         if rows.size:
             sums = self._result[0][rows]
-            if ((sums >= self._clear_low) & (sums <= self._clear_high)).any():
+            if _any((sums >= self._clear_low) & (sums <= self._clear_high)):
                 return False
         return True
 
-    def _note_examined(self) -> None:
-        """What :meth:`_flags_hold` needs from this full look: the comparison it saw, whether the
-        flags now up explain every line crossed, and each drifting feature's clear line as
-        bounds on the shifted window sum (``_result[0]``), widened by a rounding margin (a sum
-        that close to the line gets the full look)."""
+    def _absorb(self, position: int, seen: int) -> bool:
+        """The comparison differs from the accepted one: True, and it becomes the accepted one,
+        when no difference can move a flag without a full look:
+
+        - a shift or step line newly crossed by a drifting feature (its drift goes on, or ends
+          through the clear bounds), or no longer crossed by any feature (a drift starts only
+          where a line is crossed);
+        - the stuck pre-check newly failing for a feature not flagged stuck (it stays unstuck);
+        - the stuck pre-check newly passing for a feature not flagged stuck: its run of equal
+          readings is measured (one column comparison) and the full look scheduled for when the
+          run would span the window, as the full look itself schedules it.
+
+        A steady feature newly crossing a line, a stuck feature that moved and a run that
+        already spans the window go to the full look."""
+        if self._examined is None:
+            return False
+        within = self._within
+        changed = within != np.frombuffer(self._examined, bool).reshape(within.shape)
+        drifting, stuck = self.drifting.reshape(-1), self.stuck.reshape(-1)
+        if _any(changed[:2] & ~within[:2] & ~drifting) or _any(changed[2] & stuck):
+            return False
+        starting = changed[2] & within[2]
+        if _any(starting):
+            w = self.t.window
+            columns = self._window(0, position).reshape(w, -1)[:, starting]
+            same = columns == columns[0]
+            if _any(same.all(0)):
+                return False
+            run = same.argmin(0)
+            if int(run.min()) < self._run:  # the pre-check's rounding room: let the full look decide
+                return False
+            at, extra = seen + w - int(run.max()), self._pending()
+            self._look_again(min(at, extra) if extra > seen else at)
+            self._scheduled |= starting
+        self._examined = within.tobytes()
+        self._explained = self._explains(within, seen)
+        return True
+
+    def _explains(self, within, seen: int) -> bool:
+        """Every line crossed in ``within`` belongs to a flag up, or to a maybe-stuck run whose
+        full look is scheduled (an extra evaluation is pending, no later than the run's end)."""
+        drifting, stuck = self.drifting.reshape(-1), self.stuck.reshape(-1)
+        if _any(~(within[0] & within[1]) & ~drifting):
+            return False
+        runs = within[2] & ~stuck
+        return not _any(runs) or (self._pending() > seen and not _any(runs & ~self._scheduled))
+
+    def _note_examined(self, seen: int) -> None:
+        """What :meth:`_accepts` needs from this full look: the comparison it saw, whether the
+        flags up and the scheduled runs explain every line crossed, and (when the drifting
+        features or their anchors changed) each drifting feature's clear line as bounds on the
+        shifted window sum (``_result[0]``), widened by a rounding margin (a sum that close to
+        the line gets the full look)."""
         within = self._within
         self._examined = within.tobytes()
-        drifting, stuck = self.drifting.reshape(-1), self.stuck.reshape(-1)
-        self._explained = not ((~(within[0] & within[1]) & ~drifting).any() or (within[2] & ~stuck).any())
+        self._explained = self._explains(within, seen)
+        if not self._bounds_stale:
+            return
+        self._bounds_stale = False
+        drifting = self.drifting
         rows = self._drift_rows = np.flatnonzero(drifting)
         if rows.size:
             w = self.t.window
-            shape = self.drifting.shape
+            shape = drifting.shape
             anchor, clear = self.anchor.reshape(-1)[rows], self.clear_at.reshape(-1)[rows]
             std = np.broadcast_to(self.std, shape).reshape(-1)[rows]
             mean = np.broadcast_to(self.mean, shape).reshape(-1)[rows]
@@ -474,12 +549,12 @@ class DriftMonitor:
 
     def _saturation_holds(self) -> bool:
         """The saturation flags as the full look would set them from the shares just sampled."""
-        if not (self._any_outside or self._state_high or self.saturating.any()):
+        if not (self._any_outside or self._state_high or _any(self.saturating)):
             return True  # nothing outside the int8 range, no state share above the line, none flagged
         full, _ = self._fresh_mask()
-        share = np.where(full, np.maximum(self.saturated.mean(-1), self.state_saturated), 0.0)
+        share = np.where(full, np.maximum(self._input_share, self.state_saturated), 0.0)
         saturating = np.where(self.saturating, share > self.t.saturation / 2, share > self.t.saturation)
-        return bool((saturating == self.saturating).all())
+        return not _any(saturating != self.saturating)
 
     def _examine(self, position: int, seen: int) -> None:
         """The full look, when something is near a line: exact window statistics and the flags."""
@@ -489,11 +564,12 @@ class DriftMonitor:
         window = self._window(0, position)
         low, high = window.min(0), window.max(0)
         stuck = low == high
-        outside = bool((low < self.low).any() or (high > self.high).any())
+        outside = bool(_any(low < self.low) or _any(high > self.high))
         if outside or self._any_outside:
             self._note_outside(window, outside)
-        self._sample_state()
-        if float(np.abs(self.mean_shift).max()) > self.t.shift:
+        # (the int8 state's saturation: as sampled at the last window's end)
+        self._psi_fresh = float(np.abs(self.mean_shift).max()) > self.t.shift
+        if self._psi_fresh:
             self._compute_psi(window)
         self._update_flags(stuck)
         self._settle()
@@ -501,13 +577,14 @@ class DriftMonitor:
         # exactly when it would be (the regular evaluations may be up to ``every`` readings apart)
         flaggable = stuck & self._fresh_mask()[0][:, None]  # after a reset a stale constant window flags nothing yet
         candidates = self._within[2].reshape(self.streams, -1) & ~flaggable
-        if candidates.any():
+        if _any(candidates):
             same = window == window[0]
             run = int(np.where(same.all(0), w, same.argmin(0))[candidates].max())
             self._look_again(seen + w - run if run >= self._run else -1)
         else:
             self._look_again(-1)
-        self._note_examined()
+        self._scheduled = candidates.reshape(-1)
+        self._note_examined(seen)
 
     def _fresh_mask(self):
         """Streams reset less than a window ago hold another machine's readings: no flags yet."""
@@ -515,46 +592,53 @@ class DriftMonitor:
         return since >= self.t.window, since >= 2 * self.t.window
 
     def _compute_psi(self, window=None) -> None:
-        window = (self._window() if window is None else window).astype(np.float64)  # (W, streams, features)
-        bins = (window[..., None] >= self.edges[None, None]).sum(-1)
+        """PSI of every stream and feature over its window: one bin count for all of them (each
+        (stream, feature) pair has its own run of bin numbers)."""
+        window = self._window() if window is None else window  # (W, streams, features), float64
+        bins = (window[..., None] >= self.edges).sum(-1)
         n_features, n_bins = self.shares.shape
-        flat = (bins + self._offsets).transpose(1, 0, 2).reshape(self.streams, -1)
-        counts = np.stack([np.bincount(row, minlength=n_features * n_bins) for row in flat]).reshape(self.streams, n_features, n_bins)
-        observed = np.maximum(counts / window.shape[0], EPSILON)
-        self.psi = ((observed - self.shares[None]) * np.log(observed / self.shares[None])).sum(-1)
+        counts = np.bincount((bins + self._offsets).reshape(-1), minlength=self.streams * n_features * n_bins)
+        observed = np.maximum(counts.reshape(self.streams, n_features, n_bins) / window.shape[0], EPSILON)
+        self.psi = ((observed - self.shares) * np.log(observed / self.shares)).sum(-1)
 
     def _update_flags(self, stuck) -> None:
         t = self.t
         full, doubly_full = self._fresh_mask()
         mean_shift, step_change = self.mean_shift, self.step_change
-        with np.errstate(invalid="ignore"):  # NaN (no drift cleared yet) compares False
-            returning = np.abs(self._current - self.cleared_anchor) < np.abs(self._previous - self.cleared_anchor)
-        jumped = (np.abs(step_change) > t.step) & doubly_full[:, None] & ~returning
+        jumped = (np.abs(step_change) > t.step) & doubly_full[:, None]
+        if _any(jumped):  # a jump back towards the level the last cleared drift returned to is a repair
+            with np.errstate(invalid="ignore"):  # NaN (no drift cleared yet) compares False
+                jumped &= ~(np.abs(self._current - self.cleared_anchor) < np.abs(self._previous - self.cleared_anchor))
         away = (np.abs(mean_shift) > t.shift) & (self.psi > t.psi) & full[:, None]
         # a stream whose window holds repeats (readings refused, or a gateway's idle device) keeps
         # its stuck flag as it was: a device that stopped sending is not a stuck sensor
         own = (self._seen - 1 - self._repeat_seen) >= t.window
         stuck = np.where(own[:, None], stuck & full[:, None], self.stuck)
         onset = (jumped | away) & ~self.drifting
-        if onset.any():
+        if _any(onset):
             self.anchor = np.where(onset & jumped, self._previous, np.where(onset, self.mean, self.anchor))
             self.clear_at = np.where(onset & jumped, t.step_clear, np.where(onset, t.shift_clear, self.clear_at))
         drifting = onset
-        if self.drifting.any():
+        if _any(self.drifting):
             drifting = onset | (self.drifting & (np.abs(self._current - self.anchor) / self.std > self.clear_at))
         cleared = self.drifting & ~drifting
-        if cleared.any():
+        if _any(cleared):
             self.cleared_anchor = np.where(cleared, self.anchor, self.cleared_anchor)
-        share = np.where(full, np.maximum(self.saturated.mean(-1), self.state_saturated), 0.0)  # of all values in the window
+        # of all values in the window (no input value outside the int8 range: the state's share)
+        share = np.maximum(self._input_share, self.state_saturated) if self._any_outside else self.state_saturated
+        share = np.where(full, share, 0.0)
         saturating = np.where(self.saturating, share > t.saturation / 2, share > t.saturation)
         idle = self._repeat_seen == self._seen - 1  # nothing new from these streams: their flags stay
-        if idle.any():
+        if _any(idle):
             drifting = np.where(idle[:, None], self.drifting, drifting)
             saturating = np.where(idle, self.saturating, saturating)
-        if (drifting != self.drifting).any() or (stuck != self.stuck).any() or (saturating != self.saturating).any():
+        moved = _any(drifting != self.drifting)
+        if moved or _any(onset):
+            self._bounds_stale = True
+        if moved or _any(stuck != self.stuck) or _any(saturating != self.saturating):
             self._emit_changes(drifting, stuck, saturating)
         self.drifting, self.stuck, self.saturating = drifting, stuck, saturating
-        self._any_flag = bool(drifting.any() or stuck.any() or saturating.any())
+        self._any_flag = bool(_any(drifting) or _any(stuck) or _any(saturating))
 
     def _add(self, event: dict) -> None:
         if len(self.events) == self.events.maxlen:
@@ -563,6 +647,8 @@ class DriftMonitor:
 
     def _emit_changes(self, drifting, stuck, saturating) -> None:
         mean_shift, step_change, newest = self.mean_shift, self.step_change, self._window()[0]
+        if not self._psi_fresh and _any(drifting != self.drifting):
+            self._compute_psi()  # the events carry this window's PSI, not an older one
         for stream in range(self.streams):
             for feature in np.flatnonzero(drifting[stream] != self.drifting[stream]):
                 kind = "drift" if drifting[stream, feature] else "drift_clear"
@@ -576,7 +662,7 @@ class DriftMonitor:
                            "value": float(newest[stream, feature])})
             if saturating[stream] != self.saturating[stream]:
                 self._add({"event": "saturation" if saturating[stream] else "saturation_clear", "stream": stream,
-                           "input_share": round(float(self.saturated[stream].mean()), 4),
+                           "input_share": round(float(self._input_share[stream]), 4),
                            "state_share": round(float(self.state_saturated[stream]), 4)})
 
     def drain(self) -> list:
@@ -598,7 +684,8 @@ class DriftMonitor:
         self.saturating[rows] = False
         self.cleared_anchor[rows] = np.nan
         self._examined = None
-        self._any_flag = bool(self.drifting.any() or self.stuck.any() or self.saturating.any())
+        self._bounds_stale = True
+        self._any_flag = bool(_any(self.drifting) or _any(self.stuck) or _any(self.saturating))
         self._settle()
 
     def health(self) -> dict:
