@@ -51,6 +51,23 @@ def randomize_batchnorm(model, seed=0):
             layer.set_weights([np.abs(generator.normal(1.0, 0.5, w.shape)).astype("float32") + 0.1 for w in weights])
 
 
+def bundle_stepper(bundle_dir, file: str):
+    """A bundle's step model driven as the runtime drives it: raw readings in. The stepper
+    normalises them where the manifest says the model takes normalised ones; a model that
+    takes raw readings normalises them itself (edgelstm.convert.export.tflite_normalize)."""
+    import json
+
+    from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
+
+    manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    entry = next(e for e in manifest["models"] if e["file"] == file)
+    stepper = (TFLiteStepper if file.endswith(".tflite") else OnnxStepper)(Path(bundle_dir) / file)
+    if entry.get("input", "normalized") == "normalized":
+        normalization = manifest["input"]["normalization"]
+        stepper.set_normalization(np.asarray(normalization["offset"]), np.asarray(normalization["scale"]))
+    return stepper
+
+
 @pytest.fixture(scope="session")
 def cmapss_bundle(tmp_path_factory):
     """The shipped example model converted through the CLI to int8/float32 TFLite and ONNX."""

@@ -18,7 +18,7 @@ from edgelstm.runtime.normalization import Normalization
 from edgelstm.model.reference import Reference
 from edgelstm.runtime.steppers import OnnxStepper, TFLiteStepper
 
-from .conftest import EXAMPLE_MODEL, TEST_SET, run_cli
+from .conftest import EXAMPLE_MODEL, TEST_SET, bundle_stepper, run_cli
 
 PRIMITIVE_TFLITE_OPS = {"FULLY_CONNECTED", "LOGISTIC", "TANH", "MUL", "ADD", "SUB", "SPLIT", "CONCATENATION", "RESHAPE"}
 
@@ -69,16 +69,20 @@ def test_float32_exports_match_keras(cmapss_bundle, keras):
     for engine in engines:
         x = norm.apply(engine)
         expected = model.predict(x[None], verbose=0)[0]
-        for stepper in (TFLiteStepper(cmapss_bundle / "step_float32.tflite"), OnnxStepper(cmapss_bundle / "step_float32.onnx")):
-            actual = _stream(stepper, x)
+        for file in ("step_float32.tflite", "step_float32.onnx"):  # raw readings in, as the runtime feeds them
+            actual = _stream(bundle_stepper(cmapss_bundle, file), engine.astype(np.float32))
             scale = np.maximum(1.0, np.abs(expected))
             assert np.max(np.abs(actual - expected) / scale) <= 1e-5
 
 
 def test_stream_variant_keeps_integer_state_and_float_x_y(cmapss_bundle):
+    """The model the CPU runtime drives: raw readings in (normalised, and measured against the
+    bound, by float ops at its front), integer state at the boundary, float y."""
     stepper = TFLiteStepper(cmapss_bundle / "step_int8_stream.tflite")
     assert stepper.inputs["x"]["dtype"] == np.float32 and stepper.outputs["y"]["dtype"] == np.float32
-    assert set(stepper.ops()) <= PRIMITIVE_TFLITE_OPS | {"QUANTIZE", "DEQUANTIZE"}
+    assert stepper.takes_raw and stepper.ops()[:4] == ["SUB", "MUL", "SUM", "QUANTIZE"]
+    assert set(stepper.ops()) <= PRIMITIVE_TFLITE_OPS | {"QUANTIZE", "DEQUANTIZE", "SUM"}
+    assert next(m for m in Bundle.open(cmapss_bundle).models("tflite", "int8") if m["io"] == "stream")["input"] == "raw"
     for name in stepper.state_names:
         assert stepper.inputs[name]["dtype"] == np.int8
         assert stepper.inputs[name]["quantization"] == stepper.outputs[f"{name}_out"]["quantization"], name

@@ -19,6 +19,8 @@ import re
 
 import numpy as np
 
+from .export.tflite_normalize import DEVIATION, NORMALIZED
+
 #: Readable names of the roles the step exporter writes into tensor names.
 ROLE_NAMES = {
     "zx": "gate pre-activations from the input (FC + bias)",
@@ -69,6 +71,8 @@ class Replay:
         self.outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
         self.details = {d["index"]: d for d in interpreter.get_tensor_details()}
         self.ops = interpreter._get_ops_details()
+        if DEVIATION in self.outputs:  # raw readings in: replay from the normalised input on
+            self._start_after_normalization()
         produced = {int(o) for op in self.ops for o in op["outputs"]}
         self.grid = {}  # tensor -> (scale, zero point, lowest, highest) of a per-tensor integer grid
         for index, d in self.details.items():
@@ -85,6 +89,17 @@ class Replay:
         # the state a step writes and the tensor it is read from next step (tied grids)
         self.state_pairs = {self.outputs[f"{name}_out"]: self.inputs[name] for name in self.inputs if name != "x"}
         self.roles = self._roles()
+
+    def _start_after_normalization(self) -> None:
+        """A model that takes raw readings (:mod:`.export.tflite_normalize`) is replayed from its
+        normalised input ``x_normalized``, like any other: the ops that compute it and the
+        ``deviation`` output are left out."""
+        names = {index: d["name"] for index, d in self.details.items()}
+        normalized = next(index for index, name in names.items() if name == NORMALIZED)
+        front = {index for index, name in names.items() if name in (NORMALIZED, "x_centred", "x_squares", DEVIATION)}
+        self.ops = [op for op in self.ops if not {int(o) for o in op["outputs"]} & front]
+        self.inputs["x"] = normalized
+        del self.outputs[DEVIATION]
 
     def _dequantized(self, index: int, value: np.ndarray) -> np.ndarray:
         q = self.details[index]["quantization_parameters"]

@@ -511,7 +511,7 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
                 tuning: dict | None = None):
     if network.mode == "window":
         return _export_window(network, fmt, quant, io, samples, out, scratch, target)
-    from .export import onnx_step, tflite_step
+    from .export import onnx_step, tflite_normalize, tflite_step
     from edgelstm.runtime.steppers import OnnxStepper
 
     if fmt == "tflite":
@@ -527,9 +527,14 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
             tuning.setdefault("ranges", state_ranges)
             with quiet_native_output():
                 model = _tuned(model, network, plan, representative, target.batch, io, tuning)
+        # a float x (the stream, float and dynamic-range models): the model normalises raw
+        # readings itself and says how far they lie (tflite_normalize); integer x stays normalised
+        raw = tflite_normalize.takes_float_input(model)
+        if raw:
+            model = tflite_normalize.fold_normalization(model, normalization.offset, normalization.scale)
         path.write_bytes(model)
         tensors, ops, all_tensors, stepper = _tflite_tensors(path)
-        entry = _entry(path, fmt, quant, io, "normalized", target.batch, tensors, ops)
+        entry = _entry(path, fmt, quant, io, "raw" if raw else "normalized", target.batch, tensors, ops)
         if quant == "int8" and io == "quantized":
             entry["edgetpu"] = _edgetpu_summary(path)
         return entry, stepper

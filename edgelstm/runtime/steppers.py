@@ -224,6 +224,10 @@ class TFLiteStepper(_Stepper):
         self.x_token = self._x.dtype.kind == "i" and x_scale == 0  # an Embedding model: integer token ids
         self.x_quantized = self._x.dtype != np.float32 and not self.x_token
         self._copy_state = arena_copier(self.state, self._state_out)
+        # a model that takes raw readings (the converter folded the normalisation into it) says
+        # how far the normalised reading lies in its output "deviation" (summed squares)
+        self.takes_raw = "deviation" in self.outputs
+        self._deviation = view(self.outputs["deviation"]).reshape(-1) if self.takes_raw else None
         self._tmp = np.empty(self._x.shape, np.float32)
         # what step_within measures: the normalised reading, where the input is computed
         self._normalized_flat = (self._tmp if self.x_quantized else self._x).reshape(-1)
@@ -289,6 +293,8 @@ class TFLiteStepper(_Stepper):
     def normalized_unit(self) -> float | None:
         """How many normalised units one unit of :meth:`step_within`'s distance is (the input
         grid's scale for an integer ``x``); ``None`` when this stepper cannot measure it."""
+        if self.takes_raw:
+            return 1.0
         if self.x_token or self._write_x is self._copy_x:
             return None
         return float(self.inputs["x"]["quantization"][0]) if self.x_quantized else 1.0
@@ -297,7 +303,20 @@ class TFLiteStepper(_Stepper):
         """:meth:`step`, unless the normalised readings' summed squares exceed ``limit2`` (in
         :attr:`normalized_unit` squared) or are not finite: then nothing runs, no state
         changes, and ``None`` returns. The check is one dot product on the normalisation's own
-        result, the same cost as a finiteness check of the raw reading."""
+        result, the same cost as a finiteness check of the raw reading.
+
+        A model that takes raw readings computes the normalised reading and its summed squares
+        itself: the reading is copied in, the model runs, and its new state is fed back only
+        when that sum is within ``limit2`` (a refused reading leaves the state as it was)."""
+        if self.takes_raw:
+            self._x[...] = x
+            self._invoke()
+            if not self._deviation[0] <= limit2:
+                return None
+            self._copy_state()
+            if self._y_float is not None:
+                self._dequantize_y()
+            return self._y_result
         if self.x_quantized:
             tmp = self._tmp
             np.subtract(x, self._offset, out=tmp)

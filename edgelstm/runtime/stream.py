@@ -558,7 +558,9 @@ class StreamRuntime:
         zscore = (manifest["input"]["normalization"].get("kind") == "zscore"
                   and np.all(np.abs(self._offset - self._mean) <= 0.1 * self._spread)
                   and np.all(np.abs(self._scale / self._spread - 1.0) <= 0.1))
-        if unit and zscore and self.model_entry.get("input", "normalized") == "normalized":
+        # (a model that takes raw readings normalises them itself, with the same offset and scale)
+        normalizes = self.model_entry.get("input", "normalized") == "normalized" or getattr(self._stepper, "takes_raw", False)
+        if unit and zscore and normalizes:
             return functools.partial(self._stepper.step_within, limit2=float(max_deviation / unit) ** 2)
         mean, inverse = self._mean, 1.0 / (max_deviation * self._spread)
         buffer = np.empty(self._reading_shape, np.float64)  # squares of 1e30 stay finite
