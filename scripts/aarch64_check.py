@@ -9,7 +9,9 @@ This one file runs on both sides: natively on the workstation, then under
         scripts/aarch64_check.py run --bundle DIR --out a72.npz --label "aarch64 cortex-a72"
     python scripts/aarch64_check.py compare x86.npz a72.npz
 
-``run`` loads DIR/step_int8.tflite with edgelstm's ``TFLiteStepper`` (one thread), feeds
+``run`` loads DIR/step_int8.tflite (or ``--model FILE``: the CPU runtime's
+``step_int8_stream.tflite``, float readings in, normalised by float ops in the model) with
+edgelstm's ``TFLiteStepper`` (one thread), feeds
 ``numpy.random.default_rng(0)`` normal values of shape (steps, n_features), and saves per
 step the quantized int8 input, the raw int8 ``y`` tensor and the float ``y`` returned,
 plus the final raw state. A window-model bundle (DIR/window_int8.tflite, no step model) is
@@ -87,7 +89,11 @@ def cmd_run(args) -> int:
         import numpy as np
     except Exception as exc:  # noqa: BLE001
         return setup_failed(_import_failure("import numpy", exc), traceback.format_exc())
-    window_model = not os.path.isfile(os.path.join(args.bundle, MODEL_FILE))
+    if args.model:
+        model_file = args.model
+    else:
+        model_file = MODEL_FILE if os.path.isfile(os.path.join(args.bundle, MODEL_FILE)) else WINDOW_MODEL_FILE
+    window_model = model_file.startswith("window")
     class_name = "TFLiteWindowModel" if window_model else "TFLiteStepper"
     try:
         if window_model:
@@ -97,7 +103,7 @@ def cmd_run(args) -> int:
     except Exception as exc:  # noqa: BLE001
         return setup_failed(_import_failure(f"importing edgelstm's {class_name}", exc), traceback.format_exc())
 
-    model = os.path.join(args.bundle, WINDOW_MODEL_FILE if window_model else MODEL_FILE)
+    model = os.path.join(args.bundle, model_file)
     if not os.path.isfile(model):
         return setup_failed(f"{model} does not exist")
     t_load = time.perf_counter()
@@ -262,6 +268,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="step the bundle's int8 model and save raw outputs to an .npz")
     run.add_argument("--bundle", required=True, help="bundle directory holding step_int8.tflite")
+    run.add_argument("--model", help="the model file in the bundle (default: step_int8.tflite, else window_int8.tflite); "
+                                     "step_int8_stream.tflite takes raw float readings and normalises them itself")
     run.add_argument("--out", required=True, help=".npz file to write")
     run.add_argument("--steps", type=int, default=500)
     run.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,8 @@
 #
 # Without BUNDLE_DIR it converts the shipped C-MAPSS example to int8 TFLite (`edgelstm convert`, ~10 s),
 # and the shipped autoencoder (a window model: window_int8.tflite, checked the same way, one window per step).
-# Then it runs scripts/aarch64_check.py on DIR/step_int8.tflite natively (x86-64) and under
+# Then it runs scripts/aarch64_check.py on DIR/step_int8.tflite (and DIR/step_int8_stream.tflite, the
+# CPU runtime's model, whose float ops at the front normalise raw readings) natively (x86-64) and under
 # `qemu-aarch64-static -cpu cortex-a72` (Pi 4) and `-cpu cortex-a76` (Pi 5): 500 steps of
 # default_rng(0) normal inputs, one thread, edgelstm's TFLiteStepper, and compares the raw int8
 # y of every step and the final raw int8 state with numpy.array_equal.
@@ -251,9 +252,10 @@ run_or_die() {  # run_or_die NAME COMMAND...: run, show its stdout; exit 2 when 
 mkdir -p "$CACHE/pycache-aarch64"
 RESULTS=()
 WORST=0
-check_bundle() {  # check_bundle DIR TAG: x86-64 run, then each emulated CPU, compared bit for bit
-    local dir=$1 tag=$2 cpu label rc
+check_bundle() {  # check_bundle DIR TAG [MODEL]: x86-64 run, then each emulated CPU, compared bit for bit
+    local dir=$1 tag=$2 model=${3:-} cpu label rc
     local run_args=(run --bundle "$dir" --steps "$STEPS")
+    [ -n "$model" ] && run_args+=(--model "$model")
     [ -n "$INTERP" ] && run_args+=(--interpreter "$INTERP")
     run_or_die "x86_64$tag" "${X86_ENV[@]}" "$PY" "$CHECK_PY" "${run_args[@]}" --out "$WORK/x86_64$tag.npz" --label "x86_64$tag"
     for cpu in "${CPUS[@]}"; do
@@ -279,6 +281,9 @@ check_bundle() {  # check_bundle DIR TAG: x86-64 run, then each emulated CPU, co
 }
 
 check_bundle "$BUNDLE" ""
+if [ -f "$BUNDLE/step_int8_stream.tflite" ]; then  # the CPU runtime's model: raw float readings, normalised in the graph
+    check_bundle "$BUNDLE" " (stream model)" step_int8_stream.tflite
+fi
 if [ -n "$WINDOW_BUNDLE" ]; then
     check_bundle "$WINDOW_BUNDLE" " (window model)"
 fi
