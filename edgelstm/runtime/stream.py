@@ -438,7 +438,8 @@ class StreamRuntime:
         self._total += 1
         # NaN reaches the output at once; an infinite cell state may hide behind a saturated
         # tanh, so the state itself is looked at every STATE_CHECK_EVERY steps
-        if self._float_state and (not self._total % STATE_CHECK_EVERY or not _isfinite(y.reshape(-1).dot(self._ones_y))):
+        if self._float_state and (not self._total % STATE_CHECK_EVERY
+                                  or not (self._y_checked or _isfinite(y.reshape(-1).dot(self._ones_y)))):
             y = self._repair_state(y)
         if self.monitor is not None:
             self.monitor.observe(x)
@@ -540,6 +541,7 @@ class StreamRuntime:
         finds which). Where the stepper normalises with the calibration z-score (the usual
         case), the bound is one dot product on its own normalised input."""
         self.max_deviation = max_deviation
+        self._y_checked = False  # whether the fast path's step function refuses a non-finite y itself
         stats = manifest["input"].get("calibration_stats") or {}
         if self.vocabulary or not max_deviation or "mean" not in stats:
             self._limit = None
@@ -561,6 +563,8 @@ class StreamRuntime:
         # (a model that takes raw readings normalises them itself, with the same offset and scale)
         normalizes = self.model_entry.get("input", "normalized") == "normalized" or getattr(self._stepper, "takes_raw", False)
         if unit and zscore and normalizes:
+            # a model that takes raw readings puts a non-finite y into its deviation too: no check of y here
+            self._y_checked = bool(getattr(self._stepper, "takes_raw", False))
             return functools.partial(self._stepper.step_within, limit2=float(max_deviation / unit) ** 2)
         mean, inverse = self._mean, 1.0 / (max_deviation * self._spread)
         buffer = np.empty(self._reading_shape, np.float64)  # squares of 1e30 stay finite

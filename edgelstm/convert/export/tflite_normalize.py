@@ -11,10 +11,13 @@ graph they are four small float ops at the front of the model:
   float32) into the tensor the model read before (renamed ``x_normalized``): subtract first,
   as the runtime did, so sensor values such as 1590 +- 5 keep their digits in float32; the
   same two float32 operations, so the normalised values are the ones numpy computed;
-- ``MUL`` of that tensor by itself and ``SUM`` over every stream and feature give the output
-  ``deviation``: the summed squares of the normalised readings, which the runtime compares
-  with its bound after the ``Invoke`` (NaN and Inf propagate into it). When it is out of bound
-  the runtime does not feed the new state back: nothing changes, as before.
+- ``MUL`` of that tensor by itself and ``SUM`` over every stream and feature give the summed
+  squares of the normalised readings; at the end of the graph ``SUM`` of ``y`` times 0 is added
+  (0 when ``y`` is finite, NaN when it is not), giving the output ``deviation``, which the
+  runtime compares with its bound after the ``Invoke`` (NaN and Inf propagate into it). When it
+  is out of bound the runtime does not feed the new state back: nothing changes, as before; a
+  non-finite ``y`` (a float state gone bad) takes the runtime's slow path, which resets that
+  stream. It replaces the runtime's own finiteness check of ``y``: two numpy calls per step.
 
 Only models whose ``x`` is float32 are folded (the int8 stream model, whose QUANTIZE of ``x``
 now reads the normalised tensor, and the float32, float16 and dynamic-range models); the
@@ -99,6 +102,14 @@ def fold_normalization(model: bytes, offset, scale) -> bytes:
     factor_tensor = tensor("normalization_factor", [features], data=factor32)
     squares = tensor("x_squares", shape)
     axes = tensor("deviation_axes", [2], schema.TensorType.INT32, np.array([0, 1], np.int32))
+    input_part = tensor("x_deviation", [1, 1])
+    y_map = next((m for m in signature.outputs if _text(m.name) == "y"), None)
+    if y_map is None or subgraph.tensors[int(y_map.tensorIndex)].type != schema.TensorType.FLOAT32:
+        raise ConversionError("only a model with a float32 output 'y' can take the normalisation into the model")
+    y_index = int(y_map.tensorIndex)
+    y_sum = tensor("y_sum", [1, 1])
+    zero = tensor("deviation_zero", [1], data=np.zeros(1, np.float32))
+    y_zero = tensor("y_finite", [1, 1])
     deviation = tensor(DEVIATION, [1, 1])
     sub, mul, reduce = schema.SubOptionsT(), schema.MulOptionsT(), schema.ReducerOptionsT()
     sub.fusedActivationFunction = mul.fusedActivationFunction = schema.ActivationFunctionType.NONE
@@ -108,9 +119,16 @@ def fold_normalization(model: bytes, offset, scale) -> bytes:
         operator(operators[0].SUB, [raw, offset_tensor], [centred], operators[1].SubOptions, sub),
         operator(operators[0].MUL, [centred, factor_tensor], [normalized], operators[1].MulOptions, mul),
         operator(operators[0].MUL, [normalized, normalized], [squares], operators[1].MulOptions, mul),
-        operator(operators[0].SUM, [squares, axes], [deviation], operators[1].ReducerOptions, reduce),
+        operator(operators[0].SUM, [squares, axes], [input_part], operators[1].ReducerOptions, reduce),
     ]
-    subgraph.operators = front + list(subgraph.operators)
+    add = schema.AddOptionsT()
+    add.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    back = [  # y's sum times 0: 0, or NaN when y is not finite
+        operator(operators[0].SUM, [y_index, axes], [y_sum], operators[1].ReducerOptions, reduce),
+        operator(operators[0].MUL, [y_sum, zero], [y_zero], operators[1].MulOptions, mul),
+        operator(operators[0].ADD, [input_part, y_zero], [deviation], operators[1].AddOptions, add),
+    ]
+    subgraph.operators = front + list(subgraph.operators) + back
     subgraph.inputs = [raw if int(i) == normalized else int(i) for i in subgraph.inputs]
     subgraph.outputs = [int(i) for i in subgraph.outputs] + [deviation]
     x_map.tensorIndex = raw
