@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .export.tflite_normalize import DEVIATION, NORMALIZED
+from .export.tflite_normalize import COMPUTED, DEVIATION, NORMALIZED
 
 #: Readable names of the roles the step exporter writes into tensor names.
 ROLE_NAMES = {
@@ -93,11 +93,11 @@ class Replay:
     def _start_after_normalization(self) -> None:
         """A model that takes raw readings (:mod:`.export.tflite_normalize`) is replayed from its
         normalised input ``x_normalized``, like any other: the ops that compute it and the
-        ``deviation`` output are left out."""
+        ``deviation`` output (:data:`~.export.tflite_normalize.COMPUTED`) are left out."""
         names = {index: d["name"] for index, d in self.details.items()}
         normalized = next(index for index, name in names.items() if name == NORMALIZED)
-        front = {index for index, name in names.items() if name in (NORMALIZED, "x_centred", "x_squares", DEVIATION)}
-        self.ops = [op for op in self.ops if not {int(o) for o in op["outputs"]} & front]
+        added = {index for index, name in names.items() if name in COMPUTED}
+        self.ops = [op for op in self.ops if not {int(o) for o in op["outputs"]} & added]
         self.inputs["x"] = normalized
         del self.outputs[DEVIATION]
 

@@ -36,6 +36,8 @@ from edgelstm.errors import ConversionError
 DEVIATION = "deviation"
 #: the name the normalised input tensor keeps inside a folded model
 NORMALIZED = "x_normalized"
+#: the tensors the ops added by :func:`fold_normalization` compute (the attribution replay leaves them out)
+COMPUTED = (NORMALIZED, "x_centred", "x_squares", "x_deviation", "y_sum", "y_finite", DEVIATION)
 
 
 def _text(value) -> str:
