@@ -235,7 +235,9 @@ class TFLiteStepper(_Stepper):
         self.x_quantized = self._x.dtype != np.float32 and not self.x_token
         self._copy_state = arena_copier(self.state, self._state_out)
         # a model that takes raw readings (the converter folded the normalisation into it) says
-        # how far the normalised reading lies in its output "deviation" (summed squares)
+        # how far the normalised reading lies in its output "deviation" (summed squares; NaN when
+        # the reading or y is not finite). The name is the converter's tflite_normalize.DEVIATION,
+        # written out here: the runtime imports nothing from the converting side.
         self.takes_raw = "deviation" in self.outputs
         self._deviation = view(self.outputs["deviation"]).reshape(-1) if self.takes_raw else None
         self._tmp = np.empty(self._x.shape, np.float32)
