@@ -100,6 +100,31 @@ def test_int8_tflite_is_full_integer_from_primitive_ops_with_tied_state(cmapss_b
     assert entry["tensors"]["h_0"]["scale"] == entry["tensors"]["h_0_out"]["scale"]
 
 
+def test_int8_output_copies_are_offset_roundings_of_one_value(cmapss_bundle):
+    """The full-integer model's Dense head computes each output 4 times, copy k shifted by
+    (k - 1.5) / 4 of a grid step before rounding (tflite_output_copies): over real readings the
+    copies' integers never decrease with k and span at most one step, and they do differ (else
+    their mean would be no finer than one copy); the stream model's y is their mean."""
+    entry = Bundle.open(cmapss_bundle).model("tflite", "int8")
+    assert entry["output_copies"] == 4
+    raw = TFLiteStepper(cmapss_bundle / "step_int8.tflite")  # the copies themselves, not averaged
+    averaged = TFLiteStepper(cmapss_bundle / "step_int8.tflite", output_copies=4)
+    stream = TFLiteStepper(cmapss_bundle / "step_int8_stream.tflite")
+    manifest = Bundle.open(cmapss_bundle).manifest
+    for stepper in (raw, averaged):
+        stepper.set_normalization(manifest["input"]["normalization"]["offset"], manifest["input"]["normalization"]["scale"])
+    engine = load_cmapss(TEST_SET).sequences[0]
+    spreads = []
+    for reading in engine:
+        raw.step(reading[None])
+        copies = raw._y.astype(int)[0]
+        assert np.all(np.diff(copies) >= 0) and copies[-1] - copies[0] <= 1, copies
+        spreads.append(copies[-1] - copies[0])
+        mean = averaged.step(reading[None])
+        assert np.array_equal(stream.step(reading[None]), mean)
+    assert 0 < np.mean(spreads) < 1
+
+
 def test_int8_onnx_has_tied_state_quantization(cmapss_bundle):
     model = onnx.load(str(cmapss_bundle / "step_int8.onnx"))
     onnx.checker.check_model(model)

@@ -20,6 +20,7 @@ import re
 import numpy as np
 
 from .export.tflite_normalize import COMPUTED, DEVIATION, NORMALIZED
+from .export import tflite_output_copies
 
 #: Readable names of the roles the step exporter writes into tensor names.
 ROLE_NAMES = {
@@ -73,6 +74,8 @@ class Replay:
         self.ops = interpreter._get_ops_details()
         if DEVIATION in self.outputs:  # raw readings in: replay from the normalised input on
             self._start_after_normalization()
+        self.copies = 1  # offset copies of each output in y (more than one: their mean is returned)
+        self._end_before_copies_mean()
         produced = {int(o) for op in self.ops for o in op["outputs"]}
         self.grid = {}  # tensor -> (scale, zero point, lowest, highest) of a per-tensor integer grid
         for index, d in self.details.items():
@@ -100,6 +103,20 @@ class Replay:
         self.ops = [op for op in self.ops if not {int(o) for o in op["outputs"]} & added]
         self.inputs["x"] = normalized
         del self.outputs[DEVIATION]
+
+    def _end_before_copies_mean(self) -> None:
+        """A stream model whose ``y`` is the mean of offset copies (:mod:`.export.tflite_output_copies`)
+        is replayed up to the int8 copies, as the integer model is; :meth:`run` returns their mean."""
+        names = {index: d["name"] for index, d in self.details.items()}
+        integers = next((i for i, name in names.items() if name == tflite_output_copies.INTEGERS), None)
+        if integers is None:
+            return
+        reshape = next(op for op in self.ops if int(op["outputs"][0]) == integers)
+        added = {i for i, name in names.items() if name in tflite_output_copies.COMPUTED}
+        mean = next(i for i, name in names.items() if name == tflite_output_copies.COMPUTED[-1])
+        self.copies = int(self.details[integers]["shape"][-1]) // int(self.details[mean]["shape"][-1])
+        self.ops = [op for op in self.ops if not {int(o) for o in op["outputs"]} & added]
+        self.outputs["y"] = int(reshape["inputs"][0])
 
     def _dequantized(self, index: int, value: np.ndarray) -> np.ndarray:
         q = self.details[index]["quantization_parameters"]
@@ -211,37 +228,49 @@ class Replay:
                     values[index] = self._round(index, value) if index in rounded else value
             state = {inp: values[out_index] for out_index, inp in self.state_pairs.items()}
             out[:, t] = values[self.outputs["y"]]
-        return out
+        return out if self.copies == 1 else out.reshape(n, steps, -1, self.copies).mean(axis=-1)
 
     def float_weights_from(self, network_weights: "Replay") -> dict:
         """The float model's FC weights, each matched to the FC of this model that holds it rounded.
 
-        The two files may lay the same network out differently (a residual GRU computes each gate on
-        its own, in another order than the float model's step), so FCs pair by content: an int8 FC
-        takes the float FC of its shape whose every row, rounded to half a step of its ``max |w| / 127``
-        grid, is the int8 row, or its negation (a residual cell's ``1 - f`` gate). Empty when any int8
-        FC finds none. Each keeps its own bias: a graph layout may fold two of the float model's
-        biases into one (a residual GRU's gate FC carries the input and the recurrent bias)."""
-        theirs = [p for p, op in enumerate(network_weights.ops) if op["op_name"] == "FULLY_CONNECTED"]
+        The two files may lay the same network out differently (the full-int8 graph computes each
+        gate of each cell-state group with FCs of its own, the float graph one FC per group for all
+        four gates; a residual GRU computes its gates in another order), so FCs pair by content: an
+        int8 FC takes the rows of a float FC with as many columns (all of them, or a contiguous run of
+        them) of which every one, rounded to half a step of its ``max |w| / 127`` grid, is the int8
+        row, or its negation (a residual cell's ``1 - f`` gate). Empty when any int8 FC finds none.
+        Each keeps its own bias: a graph layout may fold two of the float model's biases into one (a
+        residual GRU's gate FC carries the input and the recurrent bias)."""
+        theirs = [network_weights.constants[int(op["inputs"][1])] for op in network_weights.ops
+                  if op["op_name"] == "FULLY_CONNECTED"]
         result = {}
         for a, op in enumerate(self.ops):
-            if op["op_name"] != "FULLY_CONNECTED":
-                continue
+            if op["op_name"] != "FULLY_CONNECTED" or self.details[int(op["inputs"][1])]["dtype"] == np.float32:
+                continue  # float FCs (the mean of the output copies) keep their weights
             quantized = self.constants[int(op["inputs"][1])]
-            for b in theirs:
-                ins = [int(v) for v in network_weights.ops[b]["inputs"]]
-                weights = network_weights.constants[ins[1]]
-                if weights.shape != quantized.shape:
-                    continue
-                sign = np.where(np.sum(weights * quantized, axis=1) < 0, -1.0, 1.0)
-                step = np.abs(weights).max(axis=1, keepdims=True) / 127.0
-                if np.all(np.abs(quantized - weights * sign[:, None]) <= 0.51 * step + 1e-7):
-                    own = [int(v) for v in op["inputs"]]  # the int8 file's own bias (int32: its rounding is negligible)
-                    result[a] = (weights * sign[:, None], self.constants.get(own[2]) if len(own) > 2 and own[2] >= 0 else None)
-                    break
-            else:
+            match = next((m for m in (_rows_matching(quantized, w) for w in theirs) if m is not None), None)
+            if match is None:
                 return {}
+            own = [int(v) for v in op["inputs"]]  # the int8 file's own bias (int32: its rounding is negligible)
+            result[a] = (match, self.constants.get(own[2]) if len(own) > 2 and own[2] >= 0 else None)
         return result
+
+
+def _rows_matching(quantized: np.ndarray, weights: np.ndarray):
+    """The contiguous rows of float ``weights`` (sign per row) that round to ``quantized``, or None;
+    also every row of ``weights`` repeated (the output FC's offset copies, :mod:`.export.tflite_output_copies`)."""
+    rows = quantized.shape[0]
+    if weights.ndim == 2 and rows > weights.shape[0] and rows % weights.shape[0] == 0:
+        weights = np.repeat(weights, rows // weights.shape[0], axis=0)
+    if weights.ndim != 2 or weights.shape[1] != quantized.shape[1] or weights.shape[0] < rows:
+        return None
+    for start in range(weights.shape[0] - rows + 1):
+        candidate = weights[start:start + rows]
+        sign = np.where(np.sum(candidate * quantized, axis=1) < 0, -1.0, 1.0)
+        step = np.abs(candidate).max(axis=1, keepdims=True) / 127.0
+        if np.all(np.abs(quantized - candidate * sign[:, None]) <= 0.51 * step + 1e-7):
+            return candidate * sign[:, None]
+    return None
 
 
 def attribute(int8_path, float_path, sequences: list, spread: float, last_only: bool, top: int = 3) -> dict:
@@ -264,6 +293,8 @@ def attribute(int8_path, float_path, sequences: list, spread: float, last_only: 
 
     def error(rounded=frozenset(), quantized_weights=False) -> float:
         y = replay.run(batch, rounded, None if quantized_weights else float_weights)
+        if y.shape[-1] != expected.shape[-1]:  # an integer y of offset copies: their mean
+            y = y.reshape(y.shape[:-1] + (expected.shape[-1], -1)).mean(axis=-1)
         return float(np.sqrt(np.mean(((y - expected)[mask]) ** 2)) / spread)
 
     every_tensor = frozenset(i for i in replay.grid if i not in replay.constants)

@@ -115,12 +115,12 @@ def _tool_versions() -> dict:
     return versions
 
 
-def _tflite_tensors(path, model_class=None) -> tuple:
+def _tflite_tensors(path, model_class=None, output_copies: int = 1) -> tuple:
     """Tensor details (by signature name) and op names of a TFLite model, as the runtime sees them."""
     from .inspect import tensor_summary
     from edgelstm.runtime.steppers import TFLiteStepper
 
-    stepper = (model_class or TFLiteStepper)(path)
+    stepper = model_class(path) if model_class else TFLiteStepper(path, output_copies=output_copies)
     tensors = {}
     for details in (stepper.inputs, stepper.outputs):
         for name, d in details.items():
@@ -511,7 +511,7 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
                 tuning: dict | None = None):
     if network.mode == "window":
         return _export_window(network, fmt, quant, io, samples, out, scratch, target)
-    from .export import onnx_step, tflite_normalize, tflite_step
+    from .export import onnx_step, tflite_normalize, tflite_output_copies, tflite_step
     from edgelstm.runtime.steppers import OnnxStepper
 
     if fmt == "tflite":
@@ -533,8 +533,12 @@ def _export_one(network, plan, fmt, quant, io, samples, state_ranges, normalizat
         if raw:
             model = tflite_normalize.fold_normalization(model, normalization.offset, normalization.scale)
         path.write_bytes(model)
-        tensors, ops, all_tensors, stepper = _tflite_tensors(path)
+        # the integer-I/O int8 model's y holds offset copies of each output, averaged by the runtime
+        copies = tflite_output_copies.output_copies(network) if (quant, io) == ("int8", "quantized") else 1
+        tensors, ops, all_tensors, stepper = _tflite_tensors(path, output_copies=copies)
         entry = _entry(path, fmt, quant, io, "raw" if raw else "normalized", target.batch, tensors, ops)
+        if copies > 1:
+            entry["output_copies"] = copies
         if quant == "int8" and io == "quantized":
             entry["edgetpu"] = _edgetpu_summary(path)
         return entry, stepper

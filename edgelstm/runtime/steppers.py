@@ -207,7 +207,11 @@ class _Stepper:
 class TFLiteStepper(_Stepper):
     """A TFLite step model driven through views on the interpreter's buffers."""
 
-    def __init__(self, model_path, threads: int = 1, interpreter: str | None = None, delegates=None, batch: int | None = None):
+    def __init__(self, model_path, threads: int = 1, interpreter: str | None = None, delegates=None, batch: int | None = None,
+                 output_copies: int = 1):
+        """``output_copies``: how many offset copies of each output an integer ``y`` holds (the
+        manifest entry's ``output_copies``; the converter's full-integer models of networks ending
+        in a linear Dense layer): ``y`` is their mean, on a grid that many times finer than one."""
         self.engine, self.engine_version, self.interpreter = open_interpreter(model_path, threads, interpreter, delegates, batch)
         runner = self.interpreter.get_signature_runner()
         self.inputs = runner.get_input_details()
@@ -229,7 +233,12 @@ class TFLiteStepper(_Stepper):
                     "convert the model with edgelstm, which ties them"
                 )
         self.batch, self.n_features = (int(v) for v in self._x.shape)
-        self.output_size = int(self._y.shape[1])
+        self.output_copies = int(output_copies)
+        if self.output_copies < 1 or int(self._y.shape[1]) % self.output_copies or (
+                self.output_copies > 1 and self._y.dtype == np.float32):
+            raise ValueError(f"{model_path}: output 'y' of {self._y.shape[1]} {self._y.dtype} values cannot hold "
+                             f"{self.output_copies} integer copies of each output")
+        self.output_size = int(self._y.shape[1]) // self.output_copies
         x_scale = self.inputs["x"]["quantization"][0]
         self.x_token = self._x.dtype.kind == "i" and x_scale == 0  # an Embedding model: integer token ids
         self.x_quantized = self._x.dtype != np.float32 and not self.x_token
@@ -253,10 +262,19 @@ class TFLiteStepper(_Stepper):
         else:  # dequantize through a 256-entry table indexed by the raw byte
             scale, zero = self.outputs["y"]["quantization"]
             raw = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64)
-            self._y_table = ((raw - zero) * scale).astype(np.float32) if self._y.dtype == np.int8 else None
             self._y_bytes = self._y.view(np.uint8)
-            self._y_float = np.empty(self._y.shape, np.float32)
+            self._y_float = np.empty((self.batch, self.output_size), np.float32)
             self._y_result = self._y_float.view()
+            self._y_copies = None
+            if self.output_copies == 1:
+                self._y_table = ((raw - zero) * scale).astype(np.float32) if self._y.dtype == np.int8 else None
+            else:  # the copies as whole numbers, summed exactly, times scale / copies: the stream model's own arithmetic
+                if self._y.dtype != np.int8:
+                    raise ValueError(f"{model_path}: output copies need an int8 'y', not {self._y.dtype}")
+                self._y_table = (raw - zero).astype(np.float32)
+                self._y_copies = np.empty(self._y.shape, np.float32)
+                self._y_sum = np.kron(np.eye(self.output_size), np.ones((self.output_copies, 1))).astype(np.float32)
+                self._y_factor = np.float32(float(scale) / self.output_copies)
         self._y_result.flags.writeable = False
         # Interpreter.invoke() first checks that no numpy view on its buffers is alive; ours
         # are, on purpose, and stay valid because the tensors are never reallocated after this.
@@ -362,11 +380,15 @@ class TFLiteStepper(_Stepper):
         return self._y_result
 
     def _dequantize_y(self) -> None:
+        into = self._y_float if self._y_copies is None else self._y_copies
         if self._y_table is not None:
-            np.take(self._y_table, self._y_bytes, out=self._y_float)
+            np.take(self._y_table, self._y_bytes, out=into)
         else:  # int16 output
             scale, zero = self.outputs["y"]["quantization"]
-            np.multiply(self._y.astype(np.float32) - zero, scale, out=self._y_float)
+            np.multiply(self._y.astype(np.float32) - zero, scale, out=into)
+        if self._y_copies is not None:  # the mean of each output's copies (tflite_output_copies)
+            np.matmul(into, self._y_sum, out=self._y_float)
+            np.multiply(self._y_float, self._y_factor, out=self._y_float)
 
     def invoke(self) -> None:
         """The bare interpreter call, for profiling the runtime's overhead against it."""

@@ -264,7 +264,7 @@ def _open_stepper(bundle: Bundle, backend: str, entry: dict, threads: int, strea
         return _opening(path, backend, lambda: TFLiteWindowModel(path, threads=threads, interpreter=backend,
                                                                  delegates=delegates, batch=streams))
     return _opening(path, backend, lambda: TFLiteStepper(path, threads=threads, interpreter=backend, delegates=delegates,
-                                                         batch=streams))
+                                                         batch=streams, output_copies=entry.get("output_copies", 1)))
 
 
 def _check_against_manifest(bundle: Bundle, entry: dict, stepper) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgelstm.errors import ConversionError
+from .tflite_edit import ModelEditor, text as _text
 
 #: the output that carries the summed squares of the normalised readings
 DEVIATION = "deviation"
@@ -40,20 +41,11 @@ NORMALIZED = "x_normalized"
 COMPUTED = (NORMALIZED, "x_centred", "x_squares", "x_deviation", "y_sum", "y_finite", DEVIATION)
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def fold_normalization(model: bytes, offset, scale) -> bytes:
     """``model`` taking raw readings: ``x`` float32 ``(batch, features)`` in raw units, the
     ``deviation`` output ``(1, 1)`` added (see the module docstring)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    from .tflite_step import _packed
-
-    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    subgraph = parsed.subgraphs[0]
-    signature = parsed.signatureDefs[0]
+    edit = ModelEditor(model)
+    schema, subgraph, signature, tensor, operator = edit.schema, edit.subgraph, edit.signature, edit.tensor, edit.operator
     x_map = next((m for m in signature.inputs if _text(m.name) == "x"), None)
     if x_map is None:
         raise ConversionError("the step model has no input 'x' to fold the normalisation into")
@@ -69,33 +61,6 @@ def fold_normalization(model: bytes, offset, scale) -> bytes:
     factor32 = (1.0 / np.asarray(scale, np.float64)).astype(np.float32).reshape(-1)
     if offset32.size != features or factor32.size != features:
         raise ConversionError(f"normalisation of {offset32.size} features for a model of {features}")
-
-    def tensor(name: str, dims, dtype=schema.TensorType.FLOAT32, data: np.ndarray | None = None) -> int:
-        item = schema.TensorT()
-        item.shape, item.type, item.name = list(dims), dtype, name.encode()
-        item.buffer = 0  # buffer 0 is the empty one: a tensor the interpreter computes
-        if data is not None:
-            buffer = schema.BufferT()
-            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-            parsed.buffers.append(buffer)
-            item.buffer = len(parsed.buffers) - 1
-        subgraph.tensors.append(item)
-        return len(subgraph.tensors) - 1
-
-    def opcode(builtin: int) -> int:
-        for index, code in enumerate(parsed.operatorCodes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-                return index
-        code = schema.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-        parsed.operatorCodes.append(code)
-        return len(parsed.operatorCodes) - 1
-
-    def operator(builtin: int, inputs: list, outputs: list, options_type: int, options) -> object:
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = opcode(builtin), list(inputs), list(outputs)
-        op.builtinOptionsType, op.builtinOptions = options_type, options
-        return op
 
     raw = tensor("x", shape)
     x_tensor.name = NORMALIZED.encode()
@@ -137,13 +102,11 @@ def fold_normalization(model: bytes, offset, scale) -> bytes:
     output = schema.TensorMapT()
     output.name, output.tensorIndex = DEVIATION.encode(), deviation
     signature.outputs.append(output)
-    return _packed(parsed, len(model) + 1024)
+    return edit.packed()
 
 
 def takes_float_input(model: bytes) -> bool:
     """Whether the step model's input ``x`` is float32 (what :func:`fold_normalization` takes)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    x_map = next((m for m in parsed.signatureDefs[0].inputs if _text(m.name) == "x"), None)
-    return x_map is not None and parsed.subgraphs[0].tensors[int(x_map.tensorIndex)].type == schema.TensorType.FLOAT32
+    edit = ModelEditor(model)
+    x_map = edit.signature_tensor("x")
+    return x_map is not None and edit.subgraph.tensors[int(x_map.tensorIndex)].type == edit.schema.TensorType.FLOAT32

@@ -22,21 +22,25 @@ import numpy as np
 from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import ResidualCellPlan, StatePlan, group_columns, permuted_network
+from .tflite_output_copies import average_output_copies, offset_output_copies, output_copies
 from .tflite_ops import TFOps, activation, convert_function, quant_params_for_range, tensorflow
 from .window_graph import gru_cell, per_timestep
 
 
-def build_step_function(network: Network, plan: StatePlan, batch: int = 1, per_gate: bool = False):
+def build_step_function(network: Network, plan: StatePlan, batch: int = 1, per_gate: bool = False, copies: int = 1):
     """A concrete ``tf.function`` computing one step, outputs keyed by ``plan.output_names()``,
     and the module that owns it (the converter takes its signature from there). ``per_gate``: the
     full-integer graph, each gate's pre-activation on a grid of its own (:func:`_gate_preactivation`);
-    otherwise one FC pair per cell-state group for all four gates and a SPLIT (fewer ops)."""
+    otherwise one FC pair per cell-state group for all four gates and a SPLIT (fewer ops).
+    ``copies``: the last (linear) Dense layer computed that many times, output by output
+    (:mod:`.tflite_output_copies`)."""
     tf = tensorflow()
     net = permuted_network(network, plan)
     units_of = plan.tensor_units()
     names = plan.state_names()
     token = network.input_kind == "token"
     residual = isinstance(plan, ResidualCellPlan)
+    last_name = network.layers[-1].name
     specs = [tf.TensorSpec([batch, 1], tf.int32, name="x") if token else tf.TensorSpec([batch, network.n_features], tf.float32, name="x")]
     specs += [tf.TensorSpec([batch, len(units_of[name])], tf.float32, name=name) for name in names]
 
@@ -63,7 +67,9 @@ def build_step_function(network: Network, plan: StatePlan, batch: int = 1, per_g
             if isinstance(layer, DenseLayer):
                 d = counters["d"]
                 counters["d"] += 1
-                dense = tf.add(tf.matmul(value, tf.constant(layer.kernel)), tf.constant(layer.bias), name=f"dense__D{d}")
+                repeat = copies if layer.name == last_name else 1
+                dense = tf.add(tf.matmul(value, tf.constant(np.repeat(layer.kernel, repeat, axis=1))),
+                               tf.constant(np.repeat(layer.bias, repeat)), name=f"dense__D{d}")
                 return activation(tf, layer.activation, dense)
             if isinstance(layer, EmbeddingLayer):  # GATHER: one row of the table per token id
                 return tf.gather(tf.constant(layer.table), tf.reshape(value, [-1]))
@@ -254,11 +260,20 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
 
     ``representative`` is a callable returning an iterable of input lists (normalised x
     and states, float32, keyed by ``plan.input_names()``); required for ``int8`` and ``int16x8``.
+
+    An ``int8`` model of a network ending in a linear Dense layer computes its output as
+    :func:`.tflite_output_copies.output_copies` offset copies (``y`` four times as wide in the
+    integer-I/O model; averaged inside the stream model): see :mod:`.tflite_output_copies`.
     """
-    function, module = build_step_function(network, plan, batch=batch, per_gate=quant == "int8")
+    copies = output_copies(network) if quant == "int8" else 1
+    function, module = build_step_function(network, plan, batch=batch, per_gate=quant == "int8", copies=copies)
     model = convert_function(function, module, quant, representative, io=io)
     if isinstance(plan, ResidualCellPlan):
         model = set_carry_grids(model, plan)
+    if copies > 1:
+        model = offset_output_copies(model, copies)
+        if io == "stream":
+            model = average_output_copies(model, copies)
     return strip_state_quantize_ops(model, plan) if (io == "stream" and quant == "int8") else model
 
 
