@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+import edgelstm
 from edgelstm.runtime.bundle import Bundle
 from edgelstm.convert.calibration_data import load_cmapss
 from edgelstm.convert.export import onnx_step, tflite_step
@@ -123,6 +124,28 @@ def test_int8_output_copies_are_offset_roundings_of_one_value(cmapss_bundle):
         mean = averaged.step(reading[None])
         assert np.array_equal(stream.step(reading[None]), mean)
     assert 0 < np.mean(spreads) < 1
+
+
+def test_dynamic_range_model_keeps_a_small_embedding_table_float(tmp_path, keras, rng):
+    """The dynamic-range quantizer would store the Embedding table as int8 on one grid for the
+    whole table (tflite_float_tables): the table stays float32, the GATHER reads it directly."""
+    import tensorflow as tf
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,)), L.Embedding(40, 32), L.LSTM(16), L.Dense(1)])
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "ids.npy", rng.integers(0, 40, (10, 30)))
+    run_cli("convert", tmp_path / "m.keras", "--calibration", tmp_path / "ids.npy", "--out", tmp_path / "b",
+            "--formats", "tflite", "--quant", "dynamic,float32", "--long-steps", "200", "--quiet")
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "b" / "step_dynamic.tflite"))
+    ops = interpreter._get_ops_details()
+    gather = next(op for op in ops if op["op_name"] == "GATHER")
+    assert interpreter.get_tensor_details()[gather["inputs"][0]]["dtype"] == np.float32
+    assert "DEQUANTIZE" not in {op["op_name"] for op in ops}
+    ids = rng.integers(0, 40, 25)
+    expected = model.predict(ids[None], verbose=0)[0]
+    dynamic = edgelstm.load(tmp_path / "b", model="step_dynamic.tflite")
+    assert np.max(np.abs(dynamic.run(ids)[-1] - expected)) <= 0.05 * (np.abs(expected).max() + 0.1)
 
 
 def test_int8_onnx_has_tied_state_quantization(cmapss_bundle):

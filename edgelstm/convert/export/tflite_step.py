@@ -22,6 +22,7 @@ import numpy as np
 from edgelstm.errors import ConversionError
 from edgelstm.model.network import DenseLayer, EmbeddingLayer, GRULayer, LSTMLayer, Network
 from .state_plan import ResidualCellPlan, StatePlan, group_columns, permuted_network
+from .tflite_float_tables import embedding_tables, keep_tables_float
 from .tflite_output_copies import average_output_copies, offset_output_copies, output_copies
 from .tflite_ops import TFOps, activation, convert_function, quant_params_for_range, tensorflow
 from .window_graph import gru_cell, per_timestep
@@ -270,6 +271,8 @@ def convert(network: Network, plan: StatePlan, quant: str, representative=None, 
     model = convert_function(function, module, quant, representative, io=io)
     if isinstance(plan, ResidualCellPlan):
         model = set_carry_grids(model, plan)
+    if quant == "dynamic":  # the Embedding table float32, not int8 on one grid (tflite_float_tables)
+        model = keep_tables_float(model, embedding_tables(network))
     if copies > 1:
         model = offset_output_copies(model, copies)
         if io == "stream":

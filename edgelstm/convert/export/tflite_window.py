@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edgelstm.model.network import Network
 from . import window_graph
+from .tflite_float_tables import embedding_tables, keep_tables_float
 from .tflite_ops import TFOps, convert_function, tensorflow
 
 
@@ -53,5 +54,8 @@ def _window_function(network: Network, batch: int, per_gate: bool):
 def convert(network: Network, quant: str, representative=None, batch: int = 1, io: str = "quantized") -> bytes:
     """Convert the window graph to a TFLite flatbuffer (see the module docstring for ``io``)."""
     function, module = _window_function(network, batch, per_gate=quant == "int8")
-    return convert_function(function, module, quant, representative, io=io,
-                            integer_input=network.input_kind != "token", what="the window model ")
+    model = convert_function(function, module, quant, representative, io=io,
+                             integer_input=network.input_kind != "token", what="the window model ")
+    if quant == "dynamic":  # the Embedding table float32, not int8 on one grid (tflite_float_tables)
+        model = keep_tables_float(model, embedding_tables(network))
+    return model
