@@ -229,6 +229,10 @@ def _attention_case(keras, case):
         attended = L.Attention()([lstm, lstm])
     elif case == "attention_scaled_causal":
         attended = L.Attention(use_scale=True)([lstm, L.Dense(5)(lstm), lstm], use_causal_mask=True)
+    elif case == "additive":  # Bahdanau-style scores with a learned weight per feature
+        attended = L.AdditiveAttention(use_scale=True)([L.Dense(6)(lstm), lstm])
+    elif case == "additive_causal_key":
+        attended = L.AdditiveAttention(use_scale=False)([lstm, L.Dense(5)(lstm), L.Dense(6)(lstm)], use_causal_mask=True)
     elif case == "multi_head_self":
         attended = L.MultiHeadAttention(num_heads=2, key_dim=4)(lstm, lstm)
     else:  # cross attention: query from the LSTM, value and key from a convolution, causal
@@ -239,10 +243,12 @@ def _attention_case(keras, case):
     return keras.Model(x, L.Dense(1)(pooled))
 
 
-@pytest.mark.parametrize("case", ["attention_lstm", "attention_scaled_causal", "multi_head_self", "multi_head_cross_causal"])
+@pytest.mark.parametrize("case", ["attention_lstm", "attention_scaled_causal", "additive", "additive_causal_key",
+                                  "multi_head_self", "multi_head_cross_causal"])
 def test_attention_window_models_match_keras(keras, tmp_path, case):
-    """Attention and MultiHeadAttention (self and cross, causal masks, key/value/output dims) in the
-    numpy reference and the float TFLite and ONNX window graphs: within 1e-5 of Keras."""
+    """Attention, AdditiveAttention and MultiHeadAttention (self and cross, causal masks,
+    key/value/output dims) in the numpy reference and the float TFLite and ONNX window graphs:
+    within 1e-5 of Keras."""
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
 
@@ -276,22 +282,37 @@ def test_attention_lstm_converts_to_int8(keras, tmp_path):
     assert not edgetpu["compatible"] and "BATCH_MATMUL" in json.dumps(edgetpu)
 
 
+def test_additive_attention_converts_to_int8(keras, tmp_path):
+    """AdditiveAttention in int8 TFLite and ONNX (ADD broadcast, TANH, the weighted sum as a matrix
+    product, TRANSPOSE, SOFTMAX, BATCH_MATMUL): the report gives the int8 error."""
+    _randomize(_attention_case(keras, "additive"), scale=0.5).save(tmp_path / "a.keras")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(9).normal(size=(16, 40, F)).astype("float32"))
+    run_cli("convert", tmp_path / "a.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
+            "--quant", "int8,float32", "--window-samples", "300", "--eval-windows", "200", "--quiet")
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    for name in ("tflite int8", "onnx int8"):
+        assert 0 < report["models"][name]["relative_rmse"] < 0.25, (name, report["models"][name])
+    assert report["models"]["tflite float32"]["relative_rmse"] < 1e-5
+
+
 def test_attention_from_keras2_hdf5_matches(tmp_path):
     """tf-keras HDF5: MultiHeadAttention (its projections stored query, key, value, output; the value
-    passed as a keyword) and a scaled Attention, both causal (``use_causal_mask`` in the call)."""
+    passed as a keyword), a scaled Attention and a scaled AdditiveAttention, all causal
+    (``use_causal_mask`` in the call)."""
     tf_keras = pytest.importorskip("tf_keras")
     L = tf_keras.layers
     x = tf_keras.Input((T, F))
     lstm = L.LSTM(6, return_sequences=True)(x)
     heads = L.MultiHeadAttention(num_heads=2, key_dim=3)(lstm, lstm, use_causal_mask=True)
     scaled = L.Attention(use_scale=True)([lstm, lstm], use_causal_mask=True)
-    model = tf_keras.Model(x, L.Dense(1)(L.GlobalAveragePooling1D()(L.Concatenate()([lstm, heads, scaled]))))
+    added = L.AdditiveAttention(use_scale=True)([lstm, lstm], use_causal_mask=True)
+    model = tf_keras.Model(x, L.Dense(1)(L.GlobalAveragePooling1D()(L.Concatenate()([lstm, heads, scaled, added]))))
     generator = np.random.default_rng(7)
     for weight in model.weights:
         weight.assign(generator.normal(0.0, 0.5, weight.shape).astype("float32"))
     model.save(tmp_path / "a.h5")
     network = load_network(tmp_path / "a.h5")
-    assert [getattr(layer, "causal", None) for layer in network.layers if "attention" in layer.kind] == [True, True]
+    assert [getattr(layer, "causal", None) for layer in network.layers if "attention" in layer.kind] == [True, True, True]
     batch = generator.normal(size=(2, T, F)).astype("float32")
     assert np.max(np.abs(Reference(network).predict(batch) - model.predict(batch, verbose=0))) <= 1e-5
 

@@ -300,18 +300,29 @@ class TimestepLayer(_SameSize):
 
 @dataclass
 class AttentionLayer:
-    """Dot-product attention (Keras' ``Attention``, Luong style) over sequences: inputs
-    ``[query, value]`` or ``[query, value, key]`` (key defaults to value);
-    ``scores = scale * query key^T``, ``y = softmax(scores) value`` over the keys. ``causal``: query
-    step ``i`` sees keys ``0..i`` only (``use_causal_mask=True``). A window layer."""
+    """Attention over sequences (Keras' ``Attention`` and ``AdditiveAttention``): inputs
+    ``[query, value]`` or ``[query, value, key]`` (key defaults to value); ``y = softmax(scores)
+    value`` over the keys. ``score_mode`` ``dot`` (Luong style): ``scores = scale * query key^T``;
+    ``additive`` (Bahdanau style): ``scores[i, j] = sum_d scales[d] tanh(query[i, d] + key[j, d])``.
+    ``causal``: query step ``i`` sees keys ``0..i`` only (``use_causal_mask=True``). A window layer."""
 
     name: str
     sizes: tuple  # features of query, value (and key)
-    scale: float = 1.0  # the learned scalar of use_scale=True
+    scale: float = 1.0  # dot: the learned scalar of use_scale=True
     causal: bool = False
+    score_mode: str = "dot"  # dot | additive
+    scales: np.ndarray | None = None  # additive: the learned vector of use_scale=True (None: ones)
 
     kind = "attention"
-    parameter_count = 0
+
+    @property
+    def parameter_count(self) -> int:
+        return 0 if self.scales is None else int(np.size(self.scales))
+
+    def score_scales(self) -> np.ndarray:
+        """Additive attention's weight per query feature (ones without ``use_scale``)."""
+        size = int(self.sizes[0])
+        return np.ones(size, np.float32) if self.scales is None else np.asarray(self.scales, np.float32).reshape(size)
 
     @property
     def input_size(self) -> int:
@@ -324,7 +335,7 @@ class AttentionLayer:
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "units": self.output_size, "input_size": self.input_size,
                 "sizes": [int(s) for s in self.sizes], "scale": float(self.scale), "causal": self.causal,
-                "parameters": 0}
+                "score_mode": self.score_mode, "parameters": self.parameter_count}
 
 
 @dataclass
@@ -871,6 +882,9 @@ def _check_attention(layer, inputs: list, where: str) -> None:
         expected = [int(s) for s in layer.sizes] + ([int(layer.sizes[1])] if len(layer.sizes) == 2 else [])
         if sizes[0] != sizes[2]:
             raise UnsupportedLayerError(f"{where} (attention): query ({sizes[0]}) and key ({sizes[2]}) features differ")
+        if layer.score_mode == "additive" and len(layer.score_scales()) != sizes[0]:
+            raise UnsupportedLayerError(f"{where} (attention): {len(layer.score_scales())} additive scales for "
+                                        f"{sizes[0]} query features")
     if sizes != expected:
         raise UnsupportedLayerError(f"{where} ({layer.kind}): expects query, value, key of {tuple(expected)} features, "
                                     f"gets {tuple(sizes)}")

@@ -34,6 +34,8 @@ def _save_layer(arrays: dict, prefix: str, layer) -> None:
         return
     for attr in _ARRAYS.get(layer.kind, ()):
         arrays[f"{prefix}.{attr}"] = getattr(layer, attr)
+    if layer.kind == "attention" and layer.scales is not None:  # additive attention's learned scales
+        arrays[f"{prefix}.scales"] = np.asarray(layer.scales, np.float32)
 
 
 def save_network(network: Network, path) -> None:
@@ -69,7 +71,12 @@ def _load_layer(weights: dict, prefix: str, spec: dict):
     if kind == "timestep":
         return TimestepLayer(spec["name"], int(spec["index"]), int(spec["units"]))
     if kind == "attention":
-        return AttentionLayer(spec["name"], tuple(int(size) for size in spec["sizes"]), float(spec["scale"]), bool(spec["causal"]))
+        mode = spec.get("score_mode", "dot")
+        if mode not in ("dot", "additive"):
+            raise BundleError(f"layer '{spec.get('name')}': attention score_mode {mode!r} is not dot or additive")
+        scales = w("scales") if f"{prefix}.scales" in weights else None
+        return AttentionLayer(spec["name"], tuple(int(size) for size in spec["sizes"]), float(spec["scale"]),
+                              bool(spec["causal"]), mode, scales)
     if kind == "multi_head_attention":
         return MultiHeadAttentionLayer(spec["name"], *(w(attr) for attr in MULTI_HEAD_ARRAYS), causal=bool(spec["causal"]))
     if kind == "flatten":

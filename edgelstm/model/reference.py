@@ -225,11 +225,16 @@ def layer_norm(layer: LayerNormLayer, value: np.ndarray) -> np.ndarray:
     return (centered / np.sqrt(variance + np.float32(layer.epsilon)) * layer.gamma + layer.beta).astype(np.float32)
 
 
-def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, scale, causal: bool) -> np.ndarray:
-    """``softmax(scale * query keys^T) values`` over ``(batch, T, features)``; ``causal``: query
-    step ``i`` attends to keys ``0..i`` (Keras' mask, which adds -1e9 to the others, gives them a
-    weight of exactly 0 in float32)."""
-    scores = np.matmul(query, np.swapaxes(keys, 1, 2)) * scale
+def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, scale, causal: bool,
+           additive: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(scale * query keys^T) values`` over ``(batch, T, features)`` or, given ``additive``
+    (a weight per feature), ``softmax(sum_d additive[d] tanh(query[:, i, d] + keys[:, j, d])) values``;
+    ``causal``: query step ``i`` attends to keys ``0..i`` (Keras' mask, which adds -1e9 to the
+    others, gives them a weight of exactly 0 in float32)."""
+    if additive is None:
+        scores = np.matmul(query, np.swapaxes(keys, 1, 2)) * scale
+    else:
+        scores = np.sum(additive * np.tanh(query[:, :, None, :] + keys[:, None, :, :]), axis=-1)
     if causal:
         future = np.triu(np.ones(scores.shape[1:], bool), k=1)
         scores = np.where(future, -np.inf, scores)
@@ -279,7 +284,8 @@ def forward_sequence(network: Network, batch: np.ndarray) -> np.ndarray:
             return value.reshape(value.shape[0], -1)
         if isinstance(layer, AttentionLayer):
             query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
-            return attend(query, keys, values, np.float32(layer.scale), layer.causal)
+            additive = layer.score_scales() if layer.score_mode == "additive" else None
+            return attend(query, keys, values, np.float32(layer.scale), layer.causal, additive)
         if isinstance(layer, MultiHeadAttentionLayer):
             return multi_head_attention(layer, inputs)
         return per_timestep(layer, inputs)

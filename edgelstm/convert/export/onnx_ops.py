@@ -147,6 +147,9 @@ class OnnxOps(window_graph.Ops):
     def concat_axis(self, values, axis):
         return self.graph.op("Concat", list(values), axis=axis)
 
+    def swap_last(self, value):
+        return self.graph.op("Transpose", [value], perm=[0, 2, 1])
+
     def layer_norm(self, x, gamma, beta, epsilon):
         """ONNX's own LayerNormalization (opset 17) over the last axis."""
         return self.graph.op("LayerNormalization", [x, self.constant("gamma", gamma), self.constant("beta", beta)],

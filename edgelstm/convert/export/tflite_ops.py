@@ -135,6 +135,9 @@ class TFOps(window_graph.Ops):
     def concat_axis(self, values, axis):
         return self.tf.concat(values, axis=axis)
 
+    def swap_last(self, value):
+        return self.tf.transpose(value, [0, 2, 1])
+
     def layer_norm(self, x, gamma, beta, epsilon):
         """FULLY_CONNECTED, MUL, ADD and RSQRT (int8 builtins, all on the Edge TPU's list): ``x - mean``
         is one FC by ``I - 1/F``, the variance one FC by ``1/F`` that gives it already broadcast over

@@ -95,6 +95,9 @@ class Ops:
     def concat_axis(self, values: list, axis: int):
         raise NotImplementedError
 
+    def swap_last(self, value):  # (batch, m, n) -> (batch, n, m)
+        raise NotImplementedError
+
 
 def constant_key(array) -> tuple:
     """What makes two weight arrays the same constant: the timesteps of an unrolled layer pass
@@ -135,7 +138,9 @@ def lower(network: Network, ops: Ops, steps: list, embedded: bool = False):
             return ops.concat(value) if len(value) > 1 else value[0]
         if isinstance(layer, AttentionLayer):
             query, values, keys = inputs[0], inputs[1], inputs[2 if len(inputs) > 2 else 1]
-            out = attention(ops, ops.stack(query), ops.stack(keys), ops.stack(values), layer.scale, layer.causal, len(query))
+            additive = layer.score_scales() if layer.score_mode == "additive" else None
+            out = attention(ops, ops.stack(query), ops.stack(keys), ops.stack(values), layer.scale, layer.causal, len(query),
+                            additive)
             return ops.unstack(out, len(query))
         if isinstance(layer, MultiHeadAttentionLayer):
             return multi_head_attention(ops, layer, inputs)
@@ -180,10 +185,19 @@ def merge(ops: Ops, layer: MergeLayer, inputs: list):
     return result
 
 
-def attention(ops: Ops, query, keys, values, scale: float, causal: bool, length: int):
-    """``softmax(scale * query keys^T) values`` on stacked ``(batch, T, features)`` tensors. Causal:
-    each query step ``t`` attends to the first ``t + 1`` keys only, computed row by row, so no mask
+def attention(ops: Ops, query, keys, values, scale: float, causal: bool, length: int, additive=None):
+    """``softmax(scale * query keys^T) values`` on stacked ``(batch, T, features)`` tensors (or, given
+    ``additive``, a weight per feature, additive scores: :func:`additive_scores`). Causal: each
+    query step ``t`` attends to the first ``t + 1`` keys only, computed row by row, so no mask
     constant of -1e9 enters a tensor the quantizer has to give a range."""
+    if additive is not None:
+        rows = []
+        for t in range(length):
+            keys_t = ops.steps(keys, 0, t + 1) if causal else keys
+            values_t = ops.steps(values, 0, t + 1) if causal else values
+            weights = ops.activation("softmax", additive_scores(ops, ops.steps(query, t, t + 1), keys_t, additive))
+            rows.append(ops.matmul(weights, values_t))
+        return ops.concat_axis(rows, 1) if len(rows) > 1 else rows[0]
     if not causal:
         scores = ops.matmul(query, keys, transpose_b=True)
         if scale != 1.0:
@@ -196,6 +210,16 @@ def attention(ops: Ops, query, keys, values, scale: float, causal: bool, length:
             scores = ops.mul_const(scores, np.full(1, scale, np.float32))
         rows.append(ops.matmul(ops.activation("softmax", scores), ops.steps(values, 0, t + 1)))
     return ops.concat_axis(rows, 1) if len(rows) > 1 else rows[0]
+
+
+def additive_scores(ops: Ops, query_step, keys, weights: np.ndarray):
+    """One query step's additive scores ``(batch, 1, n)``: ``sum_d weights[d] tanh(q[d] + k_j[d])`` for
+    each of the ``n`` keys: the query step ``(batch, 1, d)`` added to every key ``(batch, n, d)``
+    (broadcast), TANH, the weighted sum over ``d`` as a matrix product ``(d, 1)``, then the last two
+    axes swapped (a row of scores, which the softmax reads across)."""
+    summed = ops.add(query_step, keys)
+    column = ops.dense(ops.activation("tanh", summed), np.asarray(weights, np.float32).reshape(-1, 1))
+    return ops.swap_last(column)
 
 
 def multi_head_attention(ops: Ops, layer: MultiHeadAttentionLayer, inputs: list) -> list:

@@ -32,7 +32,8 @@ SUPPORTED_LAYERS = ("InputLayer", "Embedding (first layer)", "LSTM", "GRU", "Bid
                     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "LayerNormalization", "Flatten (after a sequence)",
                     "Reshape (to the same shape, or flat)",
                     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-                    "Attention (dot, use_scale, causal)", "MultiHeadAttention (self and cross, causal)",
+                    "Attention (dot, use_scale, causal)", "AdditiveAttention (use_scale, causal)",
+                    "MultiHeadAttention (self and cross, causal)",
                     "BatchNormalization") + IDENTITY_LAYERS
 #: The pseudo-layer that joins a functional model's several outputs (not a Keras class: its name
 #: cannot clash with a layer's, which Keras never writes with angle brackets).
@@ -41,9 +42,10 @@ OUTPUTS_CLASS = "<outputs>"
 MERGE_CLASSES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
                  "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}
 #: Layers a later version may convert.
-NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking", "AdditiveAttention")
+NOT_YET_SUPPORTED = ("SimpleRNN", "ConvLSTM1D", "Masking")
 #: Call options each class understands (``training`` and a ``mask`` of None change nothing at inference).
-CALL_OPTIONS = {"Attention": ("use_causal_mask",), "MultiHeadAttention": ("use_causal_mask",)}
+CALL_OPTIONS = {"Attention": ("use_causal_mask",), "AdditiveAttention": ("use_causal_mask",),
+                "MultiHeadAttention": ("use_causal_mask",)}
 RECURRENT_CLASSES = ("LSTM", "GRU")
 
 _ACTIVATION_ALIASES = {"silu": "swish", None: "linear"}
@@ -190,6 +192,8 @@ def _check_one(layer: KerasLayer) -> None:
         if layer.config.get("score_mode", "dot") != "dot":
             raise UnsupportedLayerError(f"{layer.where()}: score_mode {layer.config.get('score_mode')!r} is not "
                                         "supported; only 'dot'")
+        return
+    if cls == "AdditiveAttention":  # dropout is inference's identity; use_scale and the causal mask convert
         return
     if cls == "MultiHeadAttention":
         cfg = layer.config
@@ -364,7 +368,7 @@ def _lower_one(layer: KerasLayer, graph: "_Lowering", read_weights, keras_major:
     if cls == OUTPUTS_CLASS:
         graph.emit(layer, OutputsLayer(OUTPUTS_CLASS, tuple(layer.inputs), tuple(graph.size(n, layer) for n in sources)), sources)
         return
-    if cls == "Attention" and not layer.config.get("use_scale"):
+    if cls in ("Attention", "AdditiveAttention") and not layer.config.get("use_scale"):
         graph.emit(layer, _attention(layer, sources, graph, []), sources)
         return
     weights = [np.asarray(w, dtype=np.float32) for w in read_weights(layer)]
@@ -405,7 +409,7 @@ def _lower_one(layer: KerasLayer, graph: "_Lowering", read_weights, keras_major:
             _global_pooling(layer, sources, graph)
         elif cls == "BatchNormalization":
             graph.emit(layer, _batch_norm(layer, weights), sources)
-        elif cls == "Attention":
+        elif cls in ("Attention", "AdditiveAttention"):
             graph.emit(layer, _attention(layer, sources, graph, weights), sources)
         elif cls == "MultiHeadAttention":
             graph.emit(layer, _multi_head_attention(layer, weights, keras_major), sources)
@@ -522,10 +526,13 @@ def _causal(layer: KerasLayer) -> bool:
 
 
 def _attention(layer: KerasLayer, sources: list, graph: "_Lowering", weights: list) -> AttentionLayer:
-    """Keras' dot-product Attention: ``[query, value]`` or ``[query, value, key]``; ``use_scale`` adds
-    one learned scalar."""
-    scale = float(np.asarray(weights[0]).reshape(-1)[0]) if weights else 1.0
+    """Keras' dot-product Attention and AdditiveAttention: ``[query, value]`` or ``[query, value,
+    key]``; ``use_scale`` adds one learned scalar (dot) or a learned weight per feature (additive)."""
     sizes = tuple(graph.size(name, layer) for name in sources)
+    if layer.class_name == "AdditiveAttention":
+        scales = np.asarray(weights[0], np.float32).reshape(-1) if weights else None
+        return AttentionLayer(layer.name, sizes, 1.0, _causal(layer), "additive", scales)
+    scale = float(np.asarray(weights[0]).reshape(-1)[0]) if weights else 1.0
     return AttentionLayer(layer.name, sizes, scale, _causal(layer))
 
 
