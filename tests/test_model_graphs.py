@@ -267,25 +267,12 @@ def test_attention_window_models_match_keras(keras, tmp_path, case):
     assert np.max(np.abs(session.run(["y"], {"x": batch})[0] - expected)) <= 1e-5
 
 
-def test_attention_lstm_converts_to_int8(keras, tmp_path):
-    """The attention LSTM for RUL in int8 TFLite and ONNX: the report gives the int8 error, and the
+@pytest.mark.parametrize("case", ["attention_lstm", "additive"])
+def test_attention_converts_to_int8(keras, tmp_path, case):
+    """The attention LSTM for RUL, and AdditiveAttention (ADD broadcast, TANH, the weighted sum as a
+    matrix product, TRANSPOSE), in int8 TFLite and ONNX: the report gives the int8 error, and the
     bundle's Edge TPU verdict says BATCH_MATMUL (the attention scores) stays on the CPU."""
-    _randomize(_attention_case(keras, "attention_lstm"), scale=0.5).save(tmp_path / "a.keras")
-    np.save(tmp_path / "calib.npy", np.random.default_rng(9).normal(size=(16, 40, F)).astype("float32"))
-    run_cli("convert", tmp_path / "a.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
-            "--quant", "int8,float32", "--window-samples", "300", "--eval-windows", "200", "--quiet")
-    report = json.loads((tmp_path / "b" / "report.json").read_text())
-    for name in ("tflite int8", "onnx int8"):
-        assert 0 < report["models"][name]["relative_rmse"] < 0.25, (name, report["models"][name])
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    edgetpu = next(m for m in manifest["models"] if m["file"] == "window_int8.tflite")["edgetpu"]
-    assert not edgetpu["compatible"] and "BATCH_MATMUL" in json.dumps(edgetpu)
-
-
-def test_additive_attention_converts_to_int8(keras, tmp_path):
-    """AdditiveAttention in int8 TFLite and ONNX (ADD broadcast, TANH, the weighted sum as a matrix
-    product, TRANSPOSE, SOFTMAX, BATCH_MATMUL): the report gives the int8 error."""
-    _randomize(_attention_case(keras, "additive"), scale=0.5).save(tmp_path / "a.keras")
+    _randomize(_attention_case(keras, case), scale=0.5).save(tmp_path / "a.keras")
     np.save(tmp_path / "calib.npy", np.random.default_rng(9).normal(size=(16, 40, F)).astype("float32"))
     run_cli("convert", tmp_path / "a.keras", "--calibration", tmp_path / "calib.npy", "--out", tmp_path / "b",
             "--quant", "int8,float32", "--window-samples", "300", "--eval-windows", "200", "--quiet")
@@ -293,6 +280,9 @@ def test_additive_attention_converts_to_int8(keras, tmp_path):
     for name in ("tflite int8", "onnx int8"):
         assert 0 < report["models"][name]["relative_rmse"] < 0.25, (name, report["models"][name])
     assert report["models"]["tflite float32"]["relative_rmse"] < 1e-5
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    edgetpu = next(m for m in manifest["models"] if m["file"] == "window_int8.tflite")["edgetpu"]
+    assert not edgetpu["compatible"] and "BATCH_MATMUL" in json.dumps(edgetpu)
 
 
 def test_attention_from_keras2_hdf5_matches(tmp_path):
